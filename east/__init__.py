@@ -1,0 +1,3 @@
+"""east: Extreme Adaptive Sparse Training, reproducible."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,318 @@
+"""Typed, frozen configuration of one cell: data, model, training, sparsity.
+
+A cell is one (row, arch, dataset, sparsity, method configuration, seed). Its run directory
+is named from a hash of the *semantic* fields, so renaming a row or changing a log
+interval retrains nothing, while changing anything that affects the result does.
+This module is torch-free: it runs in the Snakefile and in ``east grid check``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Union
+
+from east.errors import EastError
+
+SCHEMA_VERSION = 1
+
+# A schedule point: int = iterations, or a string of +/- terms "<x>ep", "<x>%", "<x>it".
+Duration = Union[int, str]  # noqa: UP007 (kept as a named alias for the type check below)
+
+_DURATION_TERM = re.compile(r"\s*([+-]?)\s*(\d+(?:\.\d+)?)\s*(ep|%|it)?\s*")
+
+
+def parse_duration(value: Duration) -> list[tuple[float, str]]:
+    """Split a duration into (amount, unit) terms; raise ValueError when malformed."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration, got {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"a duration cannot be negative: {value}")
+        return [(float(value), "it")]
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected a duration (int iterations or e.g. '25%', '2ep'), got {value!r}")
+    terms: list[tuple[float, str]] = []
+    pos = 0
+    text = value.strip()
+    while pos < len(text):
+        match = _DURATION_TERM.match(text, pos)
+        if not match or match.end() == pos or (terms and not match.group(1)):
+            raise ValueError(
+                f"malformed duration {value!r}: use iterations, '<x>ep', '<x>%', "
+                "'<x>it', joined by + or -"
+            )
+        sign = -1.0 if match.group(1) == "-" else 1.0
+        terms.append((sign * float(match.group(2)), match.group(3) or "it"))
+        pos = match.end()
+    return terms
+
+
+def resolve_duration(value: Duration, steps_per_epoch: int, total_steps: int) -> int:
+    """Resolve a duration to a whole number of iterations (rounded, clamped at 0)."""
+    scale = {"it": 1.0, "ep": float(steps_per_epoch), "%": total_steps / 100.0}
+    total = sum(amount * scale[unit] for amount, unit in parse_duration(value))
+    return max(0, int(math.floor(total + 0.5)))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str
+    root: str = "data"
+    val_fraction: float = 0.1
+    augment: bool = True
+    crop_padding: int = 4
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str
+    stem: str = "cifar"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    bn_weight_decay: bool = True
+    lr_schedule: str = "multistep"
+    lr_milestones: tuple[Duration, ...] = ("50%", "75%")
+    lr_gamma: float = 0.1
+    warmup: Duration = 0
+    label_smoothing: float = 0.0
+    grad_clip: float | None = 1.0
+    precision: str = "auto"
+    # Not semantic: how the run is executed and observed, not what it computes.
+    channels_last: str = "auto"
+    device: str = "auto"
+    log_every: int = 50
+    checkpoint_minutes: float = 10.0
+    workers: int = 8
+    eval_batch_size: int = 1024
+
+    LR_SCHEDULES: ClassVar[tuple[str, ...]] = ("multistep", "cosine", "onecycle", "constant")
+    PRECISIONS: ClassVar[tuple[str, ...]] = ("auto", "fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class SparsityConfig:
+    """Every knob of every method; ``east.sparsity.presets`` fills the method's defaults."""
+
+    method: str
+    sparsity: float = 0.0
+    distribution: str = "erk"
+    init: str = "random"
+    drop: str = "none"
+    grow: str = "none"
+    update_interval: Duration = 100
+    update_end: Duration = "75%"
+    drop_fraction: float = 0.5
+    drop_schedule: str = "cosine"
+    prune_start: Duration = 0
+    prune_end: Duration = "75%"
+    prune_interval: Duration = 100
+    initial_density: float = 1.0
+    mest_lambda: float = 0.0
+    synflow_rounds: int = 100
+    dyrelu: bool = False
+    dyrelu_start: Duration = "25%"
+    dyrelu_end: Duration = "50%-1ep"
+    sharing: bool = False
+    sharing_ratio: int = 2
+    cyclic: bool = False
+    cycles: int = 2
+    cycle_length: Duration = "20%"
+    cycle_max_factor: float = 3.0
+    cycle_interval: Duration = 100
+
+    DISTRIBUTIONS: ClassVar[tuple[str, ...]] = ("erk", "uniform")
+
+
+# Fields that do not change what a cell computes: excluded from the content hash.
+NON_SEMANTIC: dict[str, frozenset[str]] = {
+    "data": frozenset({"root"}),
+    "model": frozenset(),
+    "train": frozenset(
+        {"channels_last", "device", "log_every", "checkpoint_minutes", "workers", "eval_batch_size"}
+    ),
+    "sparsity": frozenset(),
+}
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "sparsity": SparsityConfig,
+}
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    """Check a YAML/JSON value against a field annotation (the subset this module uses)."""
+    if annotation is Duration or annotation == "Duration":
+        try:
+            parse_duration(value)
+        except ValueError:
+            return False
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(annotation))
+    if origin is tuple:
+        (item, _ellipsis) = typing.get_args(annotation)
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, item) for v in value)
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    raise TypeError(f"unsupported annotation {annotation!r}")
+
+
+def _type_name(annotation: Any) -> str:
+    if annotation is Duration:
+        return "duration (iterations, or e.g. '25%', '2ep', '50%-1ep')"
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(annotation))
+    if origin is tuple:
+        return f"list of {_type_name(typing.get_args(annotation)[0])}"
+    if annotation is type(None):
+        return "null"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """Resolved annotations of a config dataclass (ClassVars excluded)."""
+    hints = typing.get_type_hints(cls, globalns={**globals(), "Duration": Duration})
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def build_section(cls: type, raw: Any, where: str) -> Any:
+    """Build one config section from a mapping; every error names ``where: field``."""
+    if not isinstance(raw, dict):
+        raise EastError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    types_ = field_types(cls)
+    unknown = sorted(set(raw) - set(types_))
+    if unknown:
+        raise EastError(f"{where}.{unknown[0]}: unknown key (allowed: {', '.join(types_)})")
+    required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
+    for name in required:
+        if name not in raw:
+            raise EastError(f"{where}.{name}: missing required key")
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        annotation = types_[name]
+        if not _type_ok(value, annotation):
+            raise EastError(
+                f"{where}.{name}: expected {_type_name(annotation)}, got {value!r}"
+            )
+        if typing.get_origin(annotation) is tuple:
+            value = tuple(value)
+        if annotation is float and isinstance(value, int):
+            value = float(value)
+        values[name] = value
+    return cls(**values)
+
+
+def _section_dict(section: Any) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+@dataclass(frozen=True)
+class CellConfig:
+    """One cell: a resolved method configuration on one (arch, dataset, sparsity, seed)."""
+
+    row: str
+    seed: int
+    data: DataConfig
+    model: ModelConfig
+    train: TrainConfig
+    sparsity: SparsityConfig
+    schema_version: int = field(default=SCHEMA_VERSION)
+
+    @classmethod
+    def from_dict(cls, raw: Any, where: str = "cell") -> CellConfig:
+        if not isinstance(raw, dict):
+            raise EastError(f"{where}: expected a mapping")
+        allowed = {"row", "seed", "schema_version", *SECTIONS}
+        unknown = sorted(set(raw) - allowed)
+        if unknown:
+            raise EastError(f"{where}.{unknown[0]}: unknown key")
+        version = raw.get("schema_version", SCHEMA_VERSION)
+        if version != SCHEMA_VERSION:
+            raise EastError(
+                f"{where}.schema_version: {version!r} is not supported (this east reads "
+                f"{SCHEMA_VERSION})"
+            )
+        for key in ("row", "seed", *SECTIONS):
+            if key not in raw:
+                raise EastError(f"{where}.{key}: missing required key")
+        if not isinstance(raw["row"], str):
+            raise EastError(f"{where}.row: expected str")
+        seed = raw["seed"]
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise EastError(f"{where}.seed: expected a non-negative int, got {seed!r}")
+        sections = {
+            name: build_section(cls_, raw[name], f"{where}.{name}")
+            for name, cls_ in SECTIONS.items()
+        }
+        return cls(row=raw["row"], seed=seed, **sections)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"schema_version": self.schema_version, "row": self.row}
+        out["seed"] = self.seed
+        for name in SECTIONS:
+            out[name] = _section_dict(getattr(self, name))
+        return out
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    def semantic_dict(self) -> dict[str, Any]:
+        """What the result depends on: no row name, no seed, no execution knobs."""
+        out: dict[str, Any] = {"schema_version": self.schema_version}
+        for name in SECTIONS:
+            section = _section_dict(getattr(self, name))
+            out[name] = {k: v for k, v in section.items() if k not in NON_SEMANTIC[name]}
+        return out
+
+    def content_hash(self) -> str:
+        blob = json.dumps(self.semantic_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+    def cell_id(self) -> str:
+        sparsity = f"{self.sparsity.sparsity:.6g}"
+        return (
+            f"{self.model.arch}-{self.data.name}-{self.sparsity.method}-s{sparsity}-"
+            f"{self.content_hash()[:10]}"
+        )
+
+    def run_dir(self, runs_root: str = "results/runs") -> str:
+        return f"{runs_root}/{self.cell_id()}/seed{self.seed}"
+
+    @property
+    def activation(self) -> str:
+        return "dyrelu" if self.sparsity.dyrelu else "relu"
+
+    @property
+    def sharing_ratio(self) -> int | None:
+        return self.sparsity.sharing_ratio if self.sparsity.sharing else None
