@@ -68,6 +68,8 @@ class DataConfig:
     val_fraction: float = 0.1
     augment: bool = True
     crop_padding: int = 4
+    # Horizontal flips suit natural images, not digits (a mirrored 2 is no digit).
+    hflip: bool = True
 
 
 @dataclass(frozen=True)

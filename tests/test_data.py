@@ -445,3 +445,17 @@ def test_normalisation_and_eval_path() -> None:
     assert torch.allclose(x.double(), expected, atol=1e-5, rtol=0)
     assert torch.equal(torch.cat([y for _, y in batches]), torch.arange(20))
     assert batches[0][0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_hflip_off_keeps_crops_and_never_flips() -> None:
+    images = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8)
+    options = dict(batch_size=8, shuffle=True, augment=True, crop_padding=1, mean=(0.5,),
+                   std=(0.5,), seed=3)
+    flipping = InMemoryLoader(images, torch.arange(40), **options).epoch_plan(2)
+    plain = InMemoryLoader(images, torch.arange(40), hflip=False, **options).epoch_plan(2)
+    assert flipping.flip.any() and not plain.flip.any()
+    assert torch.equal(flipping.order, plain.order)
+    assert torch.equal(flipping.offset_y, plain.offset_y)
+    assert torch.equal(flipping.offset_x, plain.offset_x)
+    assert registry.DATASETS["digits"].hflip is False
+    assert registry.DATASETS["cifar10"].hflip is True

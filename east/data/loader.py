@@ -208,7 +208,8 @@ class InMemoryLoader(PositionedLoader):
 
     Yields ``(x, y)``: float32 (B, C, H, W) normalised with ``mean``/``std`` (pixel units
     in [0, 1]) and int64 (B,), both on ``device``. With ``augment``, each sample is
-    zero-padded by ``crop_padding``, randomly cropped back and flipped with probability 1/2.
+    zero-padded by ``crop_padding``, randomly cropped back and, with ``hflip``, flipped with
+    probability 1/2.
     """
 
     def __init__(
@@ -226,6 +227,7 @@ class InMemoryLoader(PositionedLoader):
         seed: int = 0,
         drop_last: bool = False,
         channels_last: bool = False,
+        hflip: bool = True,
     ) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} "
@@ -240,6 +242,7 @@ class InMemoryLoader(PositionedLoader):
         )
         self.device = torch.device(device)
         self.augment = augment
+        self.hflip = hflip
         self.crop_padding = crop_padding
         self.channels_last = channels_last
         # One transfer: on CUDA the whole dataset stays resident on the GPU. Augmenting
@@ -262,6 +265,8 @@ class InMemoryLoader(PositionedLoader):
             offset_y = torch.randint(0, span, (n,), generator=generator)
             offset_x = torch.randint(0, span, (n,), generator=generator)
             flip = torch.randint(0, 2, (n,), generator=generator).bool()
+            if not self.hflip:  # drawn anyway, so the crops do not depend on this switch
+                flip.zero_()
         else:
             offset_y = offset_x = torch.full((n,), self.crop_padding, dtype=torch.int64)
             flip = torch.zeros(n, dtype=torch.bool)
@@ -340,7 +345,7 @@ def build_loaders(
     train = InMemoryLoader(
         splits.train.images, splits.train.labels, batch_size=batch_size, shuffle=True,
         augment=data_cfg.augment, crop_padding=data_cfg.crop_padding, drop_last=drop_last,
-        **common,
+        hflip=data_cfg.hflip, **common,
     )
     val = evaluation(splits.val) if len(splits.val) else None
     return Loaders(train=train, val=val, test=evaluation(splits.test), info=info)

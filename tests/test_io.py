@@ -1,0 +1,36 @@
+"""Atomic writes: complete files only, usual permissions, nothing left behind on failure."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from east.io import atomic_write, atomic_write_json
+
+
+def test_json_written_whole_with_umask_mode(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_json(tmp_path / "sub" / "a.json", {"b": 1, "a": [1, 2]})
+    finally:
+        os.umask(old)
+    assert json.loads(path.read_text()) == {"a": [1, 2], "b": 1}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "x.txt"
+    target.write_text("old")
+
+    def explode(handle: object) -> None:
+        handle.write(b"partial")  # type: ignore[attr-defined]
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, explode)
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.txt"]
