@@ -35,13 +35,13 @@ test-slow: install
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/snakefmt --check workflow
 	$(BIN)/snakemake --lint
 
 format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
-	$(BIN)/snakefmt Snakefile workflow/rules
+	$(BIN)/snakefmt workflow
 
 bench: install
 	$(BIN)/east bench

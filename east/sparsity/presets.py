@@ -2,7 +2,13 @@
 
 Torch-free, so that ``east grid check`` and the Snakefile validate rows before anything is
 submitted. A method is a preset of the parts in this package (budget, initial-mask scorer,
-drop and grow scorers, schedules); the parts themselves live in the other modules.
+drop and grow scorers, schedules); the parts themselves live in the other modules
+(``methods.RECIPES`` says which parts each method uses, with its paper).
+
+Which fields a method accepts is the validation: ``cyclic`` exists only for drop-and-grow
+methods, ``prune_*`` only for gradual ones, and ``distribution`` not for the global
+pruning-at-initialisation methods (SNIP, GraSP, SynFlow), whose layer allocation comes from
+their scores. Defaults follow each paper (see docs/design.md, "Sparsity").
 """
 
 from __future__ import annotations
@@ -20,24 +26,28 @@ _COMMON = frozenset({"method", "sparsity", "distribution", "dyrelu", "dyrelu_sta
 _DYNAMIC = frozenset({"update_interval", "update_end", "drop_fraction", "drop_schedule",
                       "cyclic", "cycles", "cycle_length", "cycle_max_factor", "cycle_interval"})
 _GRADUAL = frozenset({"prune_start", "prune_end", "prune_interval", "initial_density"})
+# Pruning at initialisation with a global ranking: no per-layer distribution.
+_GLOBAL = _COMMON - {"distribution"}
 
 # method -> (defaults, fields a row may set)
 PRESETS: dict[str, tuple[dict[str, Any], frozenset[str]]] = {
     "dense": ({"init": "dense"}, frozenset({"method", "sparsity", "dyrelu", "dyrelu_start",
                                             "dyrelu_end", "sharing", "sharing_ratio"})),
     "static": ({"init": "random"}, _COMMON),
-    "snip": ({"init": "snip"}, _COMMON),
-    "grasp": ({"init": "grasp"}, _COMMON),
-    "synflow": ({"init": "synflow", "synflow_rounds": 100}, _COMMON | {"synflow_rounds"}),
+    "snip": ({"init": "snip"}, _GLOBAL),
+    "grasp": ({"init": "grasp"}, _GLOBAL),
+    "synflow": ({"init": "synflow", "synflow_rounds": 100}, _GLOBAL | {"synflow_rounds"}),
     "gmp": ({"init": "dense", "initial_density": 1.0, "prune_start": "0%", "prune_end": "75%",
              "prune_interval": 100}, _COMMON | _GRADUAL),
     "set": ({"init": "random", "drop": "magnitude", "grow": "random", "update_interval": 1500},
             _COMMON | _DYNAMIC),
     "rigl": ({"init": "random", "drop": "magnitude", "grow": "gradient", "update_interval": 4000},
              _COMMON | _DYNAMIC),
+    # GraNet (CIFAR code defaults): pruning over epochs 0-110 of 160, regeneration every
+    # 1000 iterations with a cosine-decayed rate over the whole run.
     "granet": ({"init": "dense", "initial_density": 1.0, "drop": "magnitude", "grow": "gradient",
-                "update_interval": 1000, "prune_start": "0%", "prune_end": "60%",
-                "prune_interval": 1000}, _COMMON | _DYNAMIC | _GRADUAL),
+                "update_interval": 1000, "update_end": "100%", "prune_start": "0%",
+                "prune_end": "68.75%", "prune_interval": 1000}, _COMMON | _DYNAMIC | _GRADUAL),
     "mest": ({"init": "random", "drop": "mest", "grow": "random", "update_interval": 1500,
               "mest_lambda": 1.0}, _COMMON | _DYNAMIC | {"mest_lambda"}),
     "east": ({"init": "random", "drop": "magnitude", "grow": "gradient", "update_interval": 4000,
@@ -72,11 +82,15 @@ def _check_values(c: SparsityConfig, where: str) -> None:
     if c.method == "dense" and c.sparsity != 0.0:
         raise EastError(f"{where}.sparsity: method 'dense' trains at sparsity 0, got {c.sparsity}")
     if c.distribution not in SparsityConfig.DISTRIBUTIONS:
-        raise EastError(f"{where}.distribution: expected one of erk, uniform, got {c.distribution!r}")
+        raise EastError(
+            f"{where}.distribution: expected one of erk, uniform, got {c.distribution!r}"
+        )
     if not 0.0 <= c.drop_fraction <= 1.0:
         raise EastError(f"{where}.drop_fraction: must be in [0, 1], got {c.drop_fraction}")
     if c.drop_schedule not in ("cosine", "constant"):
-        raise EastError(f"{where}.drop_schedule: expected cosine or constant, got {c.drop_schedule!r}")
+        raise EastError(
+            f"{where}.drop_schedule: expected cosine or constant, got {c.drop_schedule!r}"
+        )
     if not 0.0 < c.initial_density <= 1.0:
         raise EastError(f"{where}.initial_density: must be in (0, 1], got {c.initial_density}")
     if c.sharing_ratio < 1:

@@ -1,0 +1,297 @@
+"""ResNets for EAST: torchvision module names, CIFAR or ImageNet stem, ReLU or DyReLU-B,
+optional weight sharing within each stage.
+
+Module names follow torchvision (conv1, bn1, layer1.0.conv1, ..., downsample.0/1, fc) so an
+unshared ReLU model exports to ``torchvision.models.resnet*`` by copying its state_dict.
+Activations are extra modules (``act`` in the stem; ``act1``, ``act2`` [, ``act3``] in blocks,
+the last one after the residual sum); plain ReLUs hold no state, so they add no keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .dyrelu import DyReLUB
+from .export import torchvision_state_dict
+from .sharing import SharedConv2d, WeightCounts
+
+__all__ = ["ARCHS", "ArchSpec", "BasicBlock", "Bottleneck", "EastResNet", "build_model"]
+
+ActivationFactory = Callable[[int], nn.Module]
+STEMS = ("cifar", "imagenet")
+ACTIVATIONS = ("relu", "dyrelu")
+
+
+def _activation_factory(kind: str) -> ActivationFactory:
+    if kind == "relu":
+        return lambda channels: nn.ReLU(inplace=True)
+    if kind == "dyrelu":
+        return lambda channels: DyReLUB(channels)
+    raise ValueError(f"unknown activation {kind!r}; expected one of {ACTIVATIONS}")
+
+
+def _conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, bias=False)
+
+
+def _conv_or_shared(
+    in_ch: int, out_ch: int, kernel: int, stride: int, owner: nn.Conv2d | None
+) -> nn.Module:
+    """A fresh conv, or a ``SharedConv2d`` reusing ``owner`` (which must have the same shape)."""
+    if owner is None:
+        return _conv(in_ch, out_ch, kernel, stride)
+    expected = (out_ch, in_ch, kernel, kernel)
+    if tuple(owner.weight.shape) != expected or owner.stride != (stride, stride):
+        raise ValueError(f"cannot share {tuple(owner.weight.shape)} as {expected}")
+    return SharedConv2d(owner)
+
+
+def _shortcut(in_ch: int, out_ch: int, stride: int) -> nn.Sequential | None:
+    """1x1 conv + BN when the residual changes shape (torchvision's ``downsample``)."""
+    if stride == 1 and in_ch == out_ch:
+        return None
+    return nn.Sequential(_conv(in_ch, out_ch, 1, stride), nn.BatchNorm2d(out_ch))
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(
+        self,
+        in_ch: int,
+        planes: int,
+        stride: int,
+        act: ActivationFactory,
+        owner: BasicBlock | None = None,
+    ) -> None:
+        super().__init__()
+        own1 = owner.conv1 if owner is not None else None
+        own2 = owner.conv2 if owner is not None else None
+        self.conv1 = _conv_or_shared(in_ch, planes, 3, stride, own1)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.act1 = act(planes)
+        self.conv2 = _conv_or_shared(planes, planes, 3, 1, own2)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = _shortcut(in_ch, planes, stride)
+        self.act2 = act(planes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity  # in place, as torchvision: BN's backward does not need its output
+        return self.act2(out)
+
+
+class Bottleneck(nn.Module):
+    """torchvision's ResNet v1.5 bottleneck: the stride sits on the 3x3 conv."""
+
+    expansion = 4
+
+    def __init__(
+        self,
+        in_ch: int,
+        planes: int,
+        stride: int,
+        act: ActivationFactory,
+        owner: Bottleneck | None = None,
+    ) -> None:
+        super().__init__()
+        out_ch = planes * self.expansion
+        own = (owner.conv1, owner.conv2, owner.conv3) if owner is not None else (None,) * 3
+        self.conv1 = _conv_or_shared(in_ch, planes, 1, 1, own[0])
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.act1 = act(planes)
+        self.conv2 = _conv_or_shared(planes, planes, 3, stride, own[1])
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.act2 = act(planes)
+        self.conv3 = _conv_or_shared(planes, out_ch, 1, 1, own[2])
+        self.bn3 = nn.BatchNorm2d(out_ch)
+        self.downsample = _shortcut(in_ch, out_ch, stride)
+        self.act3 = act(out_ch)
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.act1(self.bn1(self.conv1(x)))
+        out = self.act2(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        out += identity
+        return self.act3(out)
+
+
+Block = type[BasicBlock] | type[Bottleneck]
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """One registry entry: block type, blocks per stage, stage widths (planes)."""
+
+    block: Block
+    layers: tuple[int, ...]
+    widths: tuple[int, ...]
+    torchvision: bool  # has a torchvision.models counterpart to export to
+
+
+REGISTRY: dict[str, ArchSpec] = {
+    "resnet18": ArchSpec(BasicBlock, (2, 2, 2, 2), (64, 128, 256, 512), True),
+    "resnet34": ArchSpec(BasicBlock, (3, 4, 6, 3), (64, 128, 256, 512), True),
+    "resnet50": ArchSpec(Bottleneck, (3, 4, 6, 3), (64, 128, 256, 512), True),
+    "resnet20": ArchSpec(BasicBlock, (3, 3, 3), (16, 32, 64), False),
+}
+ARCHS: tuple[str, ...] = tuple(REGISTRY)
+
+
+class EastResNet(nn.Module):
+    """A ResNet with EAST's switches; build it with ``build_model``."""
+
+    def __init__(
+        self,
+        arch: str,
+        spec: ArchSpec,
+        *,
+        num_classes: int,
+        in_channels: int,
+        stem: str,
+        activation: str,
+        sharing_ratio: int | None,
+    ) -> None:
+        super().__init__()
+        self.arch = arch
+        self.spec = spec
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.stem = stem
+        self.activation = activation
+        self.sharing_ratio = sharing_ratio
+        act = _activation_factory(activation)
+        width = spec.widths[0]
+        if stem == "cifar":
+            self.conv1 = _conv(in_channels, width, 3)
+            self.maxpool: nn.Module = nn.Identity()
+        else:
+            self.conv1 = nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False)
+            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.act = act(width)
+        in_ch = width
+        self.stage_names: tuple[str, ...] = tuple(f"layer{i + 1}" for i in range(len(spec.layers)))
+        for i, (n_blocks, planes) in enumerate(zip(spec.layers, spec.widths, strict=True)):
+            stride = 1 if i == 0 else 2
+            stage = self._make_stage(spec.block, in_ch, planes, n_blocks, stride, act)
+            self.add_module(self.stage_names[i], stage)
+            in_ch = planes * spec.block.expansion
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_ch, num_classes, bias=False)
+        self._init_weights()
+
+    def _make_stage(
+        self, block: Block, in_ch: int, planes: int, n: int, stride: int, act: ActivationFactory
+    ) -> nn.Sequential:
+        r = self.sharing_ratio
+        blocks: list[nn.Module] = []
+        for i in range(n):
+            # Blocks 0..R-1 own their convs; blocks >= R reuse block R-1's.
+            owner = blocks[r - 1] if r is not None and i >= r else None
+            blocks.append(block(in_ch, planes, stride if i == 0 else 1, act, owner))
+            in_ch = planes * block.expansion
+        return nn.Sequential(*blocks)
+
+    def _init_weights(self) -> None:
+        # torchvision's init: He-normal (fan_out) convs, BN at identity; fc keeps nn.Linear's.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.maxpool(self.act(self.bn1(self.conv1(x))))
+        for name in self.stage_names:
+            x = getattr(self, name)(x)
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+    # --- sparsity-facing views -----------------------------------------------------------
+
+    def _masked_modules(self) -> Iterator[tuple[str, nn.Module]]:
+        """Modules owning a masked weight: every Conv2d (stem, blocks, shortcuts) and fc."""
+        for name, m in self.named_modules():
+            if isinstance(m, nn.Conv2d) or m is self.fc:
+                yield name, m
+
+    def masked_parameters(self) -> dict[str, nn.Parameter]:
+        """Every conv weight and the classifier weight, each unique tensor once, by owner name."""
+        return {f"{name}.weight": m.weight for name, m in self._masked_modules()}
+
+    def dense_parameters(self) -> dict[str, nn.Parameter]:
+        """Parameters outside the sparsity budget: BN, biases, DyReLU FCs, sharing scalars."""
+        masked = {id(p) for p in self.masked_parameters().values()}
+        return {n: p for n, p in self.named_parameters() if id(p) not in masked}
+
+    def shared_users(self) -> dict[str, list[str]]:
+        """Masked parameter name -> names of the modules computing with it (owner first)."""
+        owner_names = {id(m): name for name, m in self._masked_modules()}
+        users = {name: [name] for name in owner_names.values()}
+        for name, m in self.named_modules():
+            if isinstance(m, SharedConv2d):
+                users[owner_names[id(m.owner)]].append(name)
+        return {f"{name}.weight": names for name, names in users.items()}
+
+    def weight_counts(self) -> WeightCounts:
+        n_unique = sum(p.numel() for p in self.masked_parameters().values())
+        n_shared = sum(
+            m.owner.weight.numel() for m in self.modules() if isinstance(m, SharedConv2d)
+        )
+        return WeightCounts(n_full=n_unique + n_shared, n_unique=n_unique, n_shared=n_shared)
+
+    def set_beta(self, beta: float) -> None:
+        """DyReLU phasing factor on every DyReLU module (no-op for a ReLU model)."""
+        beta = float(beta)
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"beta must be in [0, 1], got {beta}")
+        for m in self.modules():
+            if isinstance(m, DyReLUB):
+                m.set_beta(beta)
+
+    def export_torchvision_state_dict(self) -> dict[str, Tensor]:
+        """state_dict for ``torchvision.models.<arch>(num_classes=...)``; see ``export``."""
+        return torchvision_state_dict(self)
+
+
+def build_model(
+    arch: str,
+    *,
+    num_classes: int,
+    in_channels: int,
+    stem: str = "cifar",
+    activation: str = "relu",
+    sharing_ratio: int | None = None,
+) -> EastResNet:
+    """Build ``arch`` (one of ``ARCHS``); parameters are drawn from torch's global RNG."""
+    if arch not in REGISTRY:
+        raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHS}")
+    if stem not in STEMS:
+        raise ValueError(f"unknown stem {stem!r}; expected one of {STEMS}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
+    for field, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{field} must be a positive int, got {value!r}")
+    if sharing_ratio is not None and (
+        isinstance(sharing_ratio, bool) or not isinstance(sharing_ratio, int) or sharing_ratio < 2
+    ):
+        # R = 1 would share block 0's convs, whose input width or stride differ from the rest.
+        raise ValueError(f"sharing_ratio must be None or an int >= 2, got {sharing_ratio!r}")
+    return EastResNet(
+        arch,
+        REGISTRY[arch],
+        num_classes=num_classes,
+        in_channels=in_channels,
+        stem=stem,
+        activation=activation,
+        sharing_ratio=sharing_ratio,
+    )

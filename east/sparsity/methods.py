@@ -1,0 +1,738 @@
+"""The sparsifier the training loop drives, and the methods as presets of its parts.
+
+A method is a recipe: an initial mask (``cfg.init``), optionally a gradual density schedule
+(GMP's cubic), optionally periodic drop-and-grow (``cfg.drop``/``cfg.grow``), plus the EAST
+tricks as independent switches (``cfg.cyclic`` adds the cyclic density schedule to any
+drop-and-grow method; ``cfg.dyrelu`` gives the β schedule; ``cfg.sharing`` changes the model
+and the budget's N_full). The per-method defaults live in ``presets.py``; ``RECIPES`` below
+says which parts each method is made of, each with its paper.
+
+Loop protocol (``step`` counts optimizer steps from 0)::
+
+    sparsifier = build_sparsifier(model, cfg, steps_per_epoch=..., total_steps=..., seed=...)
+    sparsifier.initialize(model, batches, loss_fn)     # fresh run only, not on resume
+    for step ...:
+        model.set_beta(sparsifier.beta(step)); loss.backward()
+        sparsifier.after_backward(step)                # dense grads kept if an update is due
+        clip; optimizer.step()
+        sparsifier.after_step(step, optimizer)         # update if due; enforce zeros
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from east.config import SparsityConfig, resolve_duration
+from east.errors import EastError
+from east.sparsity import scores as S
+from east.sparsity.budget import (
+    Counts,
+    allocate,
+    density_total,
+    masked_parameters,
+    model_counts,
+    numel,
+    target_total,
+)
+from east.sparsity.masks import MaskEnforcer, register_masks
+from east.sparsity.presets import METHODS
+from east.sparsity.schedules import (
+    Beta,
+    CubicDensity,
+    CyclicDensity,
+    DropFraction,
+    Periodic,
+    Schedule,
+)
+
+MIN_PER_LAYER = 1
+STATE_FORMAT = 1
+Batches = Iterable[tuple[Tensor, Tensor]]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+# =========================================================================== recipes
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The parts a method is made of (the values come from its SparsityConfig)."""
+
+    gradual: bool = False  # cubic density schedule initial_density → target (prune_* fields)
+    drop_grow: bool = False  # periodic drop-and-grow (update_* and drop_* fields)
+    reference: str = ""
+
+
+def _dense() -> Recipe:
+    """Dense training: every mask is all True, no updates (the accuracy ceiling)."""
+    return Recipe(reference="dense baseline")
+
+
+def _static() -> Recipe:
+    """Static sparse training: a seeded random mask under the ERK (or uniform) budget, fixed
+    for the whole run (the ERK random baseline of Evci et al., ICML 2020)."""
+    return Recipe(reference="static random ERK mask")
+
+
+def _snip() -> Recipe:
+    """SNIP: Lee, Ajanthan, Torr, "SNIP: Single-shot Network Pruning based on Connection
+    Sensitivity", ICLR 2019. One-shot global pruning at initialisation by |g ⊙ w| on one
+    mini-batch; the mask is then fixed."""
+    return Recipe(reference="Lee et al. 2019")
+
+
+def _grasp() -> Recipe:
+    """GraSP: Wang, Zhang, Grosse, "Picking Winning Tickets Before Training by Preserving
+    Gradient Flow", ICLR 2020. One-shot global pruning at initialisation by −θ ⊙ Hg (keep
+    the smallest), temperature 200, 10 samples per class; the mask is then fixed."""
+    return Recipe(reference="Wang et al. 2020")
+
+
+def _synflow() -> Recipe:
+    """SynFlow: Tanaka, Kunin, Yamins, Ganguli, "Pruning neural networks without any data
+    by iteratively conserving synaptic flow", NeurIPS 2020. Data-free, 100 rounds with an
+    exponential density schedule, global; at least one weight per layer (our addition)."""
+    return Recipe(reference="Tanaka et al. 2020")
+
+
+def _gmp() -> Recipe:
+    """GMP: Zhu & Gupta, "To prune, or not to prune: exploring the efficacy of pruning for
+    model compression", 2017. From dense, magnitude pruning every prune_interval steps on
+    the cubic schedule from prune_start to prune_end, per-layer budgets of the distribution."""
+    return Recipe(gradual=True, reference="Zhu & Gupta 2017")
+
+
+def _set() -> Recipe:
+    """SET: Mocanu et al., "Scalable training of artificial neural networks with adaptive
+    sparse connectivity inspired by network science", Nature Communications 2018. Drop by
+    magnitude, grow at random, every ΔT = 1500 steps (the spec's protocol; drop fraction
+    as in RigL's comparison: cosine from 0.5)."""
+    return Recipe(drop_grow=True, reference="Mocanu et al. 2018")
+
+
+def _rigl() -> Recipe:
+    """RigL: Evci, Gale, Menick, Castro, Elsen, "Rigging the Lottery: Making All Tickets
+    Winners", ICML 2020. Drop by magnitude, grow by dense-gradient magnitude, ΔT = 4000,
+    drop fraction cosine from 0.5 to 0 at 75 % of training, ERK, grown weights start at 0."""
+    return Recipe(drop_grow=True, reference="Evci et al. 2020")
+
+
+def _granet() -> Recipe:
+    """GraNet: Liu et al., "Sparse Training via Boosting Pruning Plasticity with
+    Neuroregeneration", NeurIPS 2021. Gradual magnitude pruning (cubic, from
+    initial_density) plus zero-cost neuroregeneration: at every update, drop a cosine-decayed
+    fraction by magnitude and regrow as many by gradient; ΔT = 1000 for both."""
+    return Recipe(gradual=True, drop_grow=True, reference="Liu et al. 2021")
+
+
+def _mest() -> Recipe:
+    """MEST: Yuan et al., "MEST: Accurate and Fast Memory-Economic Sparse Training
+    Framework on the Edge", NeurIPS 2021 (the EM variant): drop by |w| + λ|g|, grow at
+    random."""
+    return Recipe(drop_grow=True, reference="Yuan et al. 2021")
+
+
+def _east() -> Recipe:
+    """EAST: Li et al., "Pushing the Limits of Sparsity: A Bag of Tricks for Extreme
+    Pruning", TMLR 2025 (arXiv 2411.13545). RigL plus DyReLU phasing, in-stage weight
+    sharing and cyclic sparsity, each its own switch (dyrelu, sharing, cyclic)."""
+    return Recipe(drop_grow=True, reference="Li et al. 2025")
+
+
+RECIPES: dict[str, Recipe] = {
+    "dense": _dense(), "static": _static(), "snip": _snip(), "grasp": _grasp(),
+    "synflow": _synflow(), "gmp": _gmp(), "set": _set(), "rigl": _rigl(),
+    "granet": _granet(), "mest": _mest(), "east": _east(),
+}
+assert tuple(RECIPES) == METHODS, "presets.METHODS and methods.RECIPES must list the same methods"
+
+
+# =========================================================================== initial masks
+
+
+@dataclass(frozen=True)
+class InitContext:
+    """What a global initial-mask rule may use."""
+
+    model: nn.Module
+    names: list[str]
+    batches: Batches
+    loss_fn: LossFn | None
+    total: int
+    generator: torch.Generator
+    cfg: SparsityConfig
+
+
+def _from_scores(ctx: InitContext, scores: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Global top-``total`` of per-layer scores, at least one weight per layer."""
+    flat = {n: s.reshape(-1) for n, s in scores.items()}
+    chosen = S.global_select(flat, ctx.total, ctx.generator, MIN_PER_LAYER)
+    out = {}
+    for name in ctx.names:
+        m = torch.zeros(flat[name].numel(), dtype=torch.bool, device=flat[name].device)
+        m[chosen[name]] = True
+        out[name] = m.view(scores[name].shape)
+    return out
+
+
+def _need_loss(ctx: InitContext) -> LossFn:
+    if ctx.loss_fn is None:
+        raise EastError(f"sparsity.init: {ctx.cfg.init} needs a loss function")
+    return ctx.loss_fn
+
+
+def _snip_masks(ctx: InitContext) -> dict[str, Tensor]:
+    return _from_scores(ctx, S.snip_scores(ctx.model, ctx.names, ctx.batches, _need_loss(ctx)))
+
+
+def _grasp_masks(ctx: InitContext) -> dict[str, Tensor]:
+    return _from_scores(ctx, S.grasp_scores(ctx.model, ctx.names, ctx.batches, _need_loss(ctx)))
+
+
+def _synflow_masks(ctx: InitContext) -> dict[str, Tensor]:
+    first = next(iter(ctx.batches), None)
+    if first is None:
+        raise EastError("sparsity.init: synflow needs one batch (for the input shape)")
+    return S.synflow_masks(ctx.model, ctx.names, tuple(first[0].shape[1:]), ctx.total,
+                           ctx.cfg.synflow_rounds, ctx.generator, MIN_PER_LAYER)
+
+
+@dataclass(frozen=True)
+class Initializer:
+    """How the first mask is chosen: per layer by a score inside the layer budget, or
+    globally (the allocation emerges from the scores; at least one weight per layer)."""
+
+    per_layer: S.Scorer | None = None
+    global_masks: Callable[[InitContext], dict[str, Tensor]] | None = None
+    needs_data: bool = False
+
+    @property
+    def global_allocation(self) -> bool:
+        return self.global_masks is not None
+
+
+INITIALIZERS: dict[str, Initializer] = {
+    "dense": Initializer(per_layer=S.constant),
+    "random": Initializer(per_layer=S.random),
+    "snip": Initializer(global_masks=_snip_masks, needs_data=True),
+    "grasp": Initializer(global_masks=_grasp_masks, needs_data=True),
+    "synflow": Initializer(global_masks=_synflow_masks, needs_data=True),  # input shape only
+}
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    total: int  # active unique masked weights at the target
+    budgets: dict[str, int] | None  # per layer; None when chosen globally at initialisation
+    allocation: str
+
+
+def plan_budgets(masked: Mapping[str, Any], counts: Counts, cfg: SparsityConfig) -> BudgetPlan:
+    """The target budget of ``cfg`` over the masked tensors (only their shapes are read)."""
+    total = target_total(cfg.sparsity, counts.n_full, counts.n_unique)
+    shapes = {n: tuple(p.shape) for n, p in masked.items()}
+    if total == counts.n_unique:
+        return BudgetPlan(total, {n: numel(s) for n, s in shapes.items()}, "dense")
+    init = _initializer(cfg)
+    if init.global_allocation:
+        return BudgetPlan(total, None, f"global ({cfg.init} scores at initialisation)")
+    return BudgetPlan(total, allocate(shapes, total, cfg.distribution, MIN_PER_LAYER),
+                      cfg.distribution)
+
+
+def _initializer(cfg: SparsityConfig) -> Initializer:
+    if cfg.init not in INITIALIZERS:
+        raise EastError(f"sparsity.init: unknown initial mask {cfg.init!r} "
+                        f"(known: {', '.join(INITIALIZERS)})")
+    return INITIALIZERS[cfg.init]
+
+
+# =========================================================================== timing
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Every schedule point of a config, resolved to iterations."""
+
+    update_interval: int
+    update_end: int
+    prune_start: int
+    prune_end: int
+    prune_interval: int
+    dyrelu_start: int
+    dyrelu_end: int
+    cycle_length: int
+    cycle_interval: int
+
+
+def resolve_timing(cfg: SparsityConfig, steps_per_epoch: int, total_steps: int) -> Timing:
+    def it(field: str, positive: bool = False) -> int:
+        value = resolve_duration(getattr(cfg, field), steps_per_epoch, total_steps)
+        if positive and value < 1:
+            raise EastError(f"sparsity.{field}: {getattr(cfg, field)!r} resolves to {value} "
+                            f"iterations; it must be at least 1")
+        return value
+
+    timing = Timing(
+        update_interval=it("update_interval", positive=True),
+        update_end=it("update_end"),
+        prune_start=it("prune_start"),
+        prune_end=it("prune_end"),
+        prune_interval=it("prune_interval", positive=True),
+        dyrelu_start=it("dyrelu_start"),
+        dyrelu_end=it("dyrelu_end"),
+        cycle_length=it("cycle_length", positive=cfg.cyclic),
+        cycle_interval=it("cycle_interval", positive=True),
+    )
+    if RECIPES[cfg.method].gradual:
+        if timing.prune_end < timing.prune_start:
+            raise EastError(f"sparsity.prune_end: {cfg.prune_end!r} ends before prune_start "
+                            f"{cfg.prune_start!r}")
+        if timing.prune_end > total_steps:
+            raise EastError(f"sparsity.prune_end: {cfg.prune_end!r} is past the end of training "
+                            f"({total_steps} iterations): the target would never be reached")
+    if cfg.cyclic and cfg.cycles * timing.cycle_length > total_steps:
+        raise EastError(f"sparsity.cycle_length: {cfg.cycles} cycles of {cfg.cycle_length!r} "
+                        f"do not fit in {total_steps} iterations")
+    return timing
+
+
+# =========================================================================== update rules
+
+
+@dataclass
+class _Grads:
+    """Dense gradients captured at an update step, by layer index."""
+
+    step: int
+    by_layer: list[Tensor | None]
+    finite: bool
+
+
+class _Rule:
+    """One kind of mask update: when it is due and what it does."""
+
+    name: str
+    needs_grad: bool
+    schedules: dict[str, Schedule]
+
+    def due(self, it: int) -> bool:
+        raise NotImplementedError
+
+    def apply(self, sp: Sparsifier, it: int, grads: _Grads | None) -> dict[str, int]:
+        raise NotImplementedError
+
+
+class _DensityRule(_Rule):
+    """Move every layer to its budget at a scheduled density: prune the lowest drop-scores
+    where the budget shrank, grow the highest grow-scores where it rose. ``grow=None``
+    makes it prune-only (GMP): a layer never rises, and never drops below its final budget,
+    so the schedule ends exactly on the target budget whatever the rounding on the way."""
+
+    def __init__(self, name: str, schedule: CubicDensity | CyclicDensity,
+                 drop: S.Scorer, grow: tuple[S.Scorer, bool] | None) -> None:
+        self.name = name
+        self.schedule = schedule
+        self.drop = drop
+        self.grow = grow[0] if grow else None
+        self.needs_grad = bool(grow and grow[1])
+        self.schedules = {name: schedule}
+
+    def due(self, it: int) -> bool:
+        return self.schedule.due(it)
+
+    def apply(self, sp: Sparsifier, it: int, grads: _Grads | None) -> dict[str, int]:
+        targets = sp.budgets_at(self.schedule.density(it))
+        pruned = grown = 0
+        for i, name in enumerate(sp.names):
+            current, target = sp.budgets[name], targets[name]
+            if self.grow is None:
+                target = max(sp.base_budgets[name], min(current, target))
+            if target < current:
+                pruned += sp.drop_weights(i, current - target, self.drop, grads)
+            elif target > current and self.grow is not None:
+                added = sp.grow_weights(i, min(target - current, sp.growable(i)), self.grow,
+                                        grads)
+                grown += added
+                target = current + added
+            sp.budgets[name] = target
+        return {"pruned": pruned, "grown": grown}
+
+
+class _DropGrowRule(_Rule):
+    """RigL-style update: per layer, k = ceil(f·nnz) (capped so drop and grow stay disjoint);
+    drop the k lowest drop-scores among active weights, grow the k highest grow-scores
+    among weights that were inactive before the update. Counts per layer are unchanged."""
+
+    def __init__(self, drop: tuple[S.Scorer, bool], grow: tuple[S.Scorer, bool],
+                 period: Periodic, fraction: DropFraction) -> None:
+        self.name = "drop_grow"
+        self.drop, self.grow = drop[0], grow[0]
+        self.needs_grad = drop[1] or grow[1]
+        self.period, self.fraction = period, fraction
+        self.schedules = {"drop_grow.period": period, "drop_grow.fraction": fraction}
+
+    def due(self, it: int) -> bool:
+        return self.period.due(it) and self.fraction(it) > 0.0
+
+    def apply(self, sp: Sparsifier, it: int, grads: _Grads | None) -> dict[str, int]:
+        f = self.fraction(it)
+        moved = 0
+        for i, name in enumerate(sp.names):
+            active = sp.budgets[name]
+            k = min(math.ceil(f * active), active, sp.growable(i))
+            if k <= 0:
+                continue
+            sp.drop_weights(i, k, self.drop, grads)
+            sp.grow_weights(i, k, self.grow, grads)
+            moved += k
+        return {"dropped": moved, "grown": moved}
+
+
+# =========================================================================== the sparsifier
+
+
+class Sparsifier:
+    """Masks, budgets, schedules and enforcement for one model (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, params: Mapping[str, nn.Parameter], counts: Counts,
+                 cfg: SparsityConfig, *, steps_per_epoch: int, total_steps: int, seed: int,
+                 debug: bool = False) -> None:
+        if not params:
+            raise EastError("the model has no masked parameters")
+        self.cfg = cfg
+        self.recipe = RECIPES[cfg.method]
+        self.init = _initializer(cfg)
+        self.counts = counts
+        self.names = list(params)
+        self.params = [params[n] for n in self.names]
+        self.shapes = {n: tuple(p.shape) for n, p in params.items()}
+        self.sizes = {n: p.numel() for n, p in params.items()}
+        self.debug = debug
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+        self.timing = resolve_timing(cfg, steps_per_epoch, total_steps)
+        self.total_steps = total_steps
+
+        plan = plan_budgets(params, counts, cfg)
+        self.base_total = plan.total
+        self.target_density = plan.total / counts.n_unique
+        # Per-layer targets; for global initial masks they are known only after initialize().
+        self.base_budgets: dict[str, int] = dict(plan.budgets or {})
+        self.budgets: dict[str, int] = dict(self.sizes)  # masks start all True
+
+        register_masks(model, params)
+        self.enforcer = MaskEnforcer(model, params)
+        self._model = model
+        self.beta_schedule = Beta(cfg.dyrelu, self.timing.dyrelu_start, self.timing.dyrelu_end)
+        self.rules = self._compose()
+        self.initialized = False
+        self._grads: _Grads | None = None
+        self._dropped_now: dict[int, Tensor] = {}
+        self.updates = 0
+        self.skipped_updates = 0
+        self.last_update: dict[str, Any] = {}
+        self._noop = False
+        # Inspection hook: called as on_change(layer, "drop" | "grow", changed positions).
+        self.on_change: Callable[[str, str, Tensor], None] | None = None
+
+    # ------------------------------------------------------------------ composition
+    def _compose(self) -> list[_Rule]:
+        cfg, t = self.cfg, self.timing
+        rules: list[_Rule] = []
+        if self.recipe.gradual:
+            cubic = CubicDensity(initial=max(cfg.initial_density, self.target_density),
+                                 final=self.target_density, start=t.prune_start,
+                                 end=t.prune_end, interval=t.prune_interval)
+            rules.append(_DensityRule("gradual", cubic, S.magnitude, grow=None))
+        dyn_start = 0
+        if cfg.cyclic:
+            cyclic = CyclicDensity(target=self.target_density, max_factor=cfg.cycle_max_factor,
+                                   cycles=cfg.cycles, length=t.cycle_length,
+                                   interval=t.cycle_interval)
+            rules.append(_DensityRule("cyclic", cyclic, S.magnitude,
+                                      grow=S.grow_scorer("gradient")))
+            dyn_start = cyclic.end  # plain drop-and-grow only after the cycles
+        if self.recipe.drop_grow and cfg.drop != "none":
+            rules.append(_DropGrowRule(
+                S.drop_scorer(cfg.drop, cfg), S.grow_scorer(cfg.grow),
+                Periodic(t.update_interval, start=dyn_start, end=t.update_end),
+                DropFraction(cfg.drop_fraction, t.update_end, cfg.drop_schedule)))
+        return rules
+
+    # ------------------------------------------------------------------ budgets
+    def budgets_at(self, density: float) -> dict[str, int]:
+        """Per-layer budgets at a density over unique masked weights (the target exactly
+        when ``density`` is the target density)."""
+        if density == self.target_density:
+            return dict(self.base_budgets)
+        if density >= 1.0:
+            return dict(self.sizes)
+        total = max(self.base_total, density_total(density, self.counts.n_unique))
+        return allocate(self.shapes, total, self.cfg.distribution, MIN_PER_LAYER)
+
+    @property
+    def masks(self) -> dict[str, Tensor]:
+        """Name → the bool mask buffer (live: the model's own tensor)."""
+        return dict(zip(self.names, self.enforcer.masks(), strict=True))
+
+    @property
+    def wants_data(self) -> bool:
+        """Whether ``initialize`` reads batches (SNIP, GraSP; SynFlow for the input shape)."""
+        return self.init.needs_data
+
+    # ------------------------------------------------------------------ initialisation
+    def initialize(self, model: nn.Module | None = None, batches: Batches = (),
+                   loss_fn: LossFn | None = None) -> None:
+        """Choose the initial masks (fresh runs only; a resume loads them with the model).
+
+        ``batches`` may be a lazy iterator: it is consumed only as far as needed (SNIP one
+        batch, GraSP until 10 samples per class, SynFlow one batch for the input shape).
+        """
+        model = self._model if model is None else model
+        if self.init.global_masks is not None:
+            masks = self.init.global_masks(InitContext(model, self.names, batches, loss_fn,
+                                                       self.base_total, self.generator,
+                                                       self.cfg))
+        else:
+            start = (self.budgets_at(max(self.cfg.initial_density, self.target_density))
+                     if self.recipe.gradual else dict(self.base_budgets))
+            masks = {}
+            for name, p in zip(self.names, self.params, strict=True):
+                score = self.init.per_layer(p, None, self.generator)  # type: ignore[misc]
+                masks[name] = S.select_mask(score, start[name], self.generator)
+        with torch.no_grad():
+            for (name, buf), p in zip(self.masks.items(), self.params, strict=True):
+                buf.copy_(masks[name])
+                p.masked_fill_(~buf, 0.0)
+                self.budgets[name] = int(masks[name].sum())
+        if self.init.global_allocation:
+            self.base_budgets = dict(self.budgets)
+        self.initialized = True
+        self._after_mask_change()
+
+    def _after_mask_change(self) -> None:
+        self.enforcer.refresh()
+        self.enforcer.forget_optimizer()  # the next after_step re-zeroes the optimizer state
+        all_dense = all(self.budgets[n] == self.sizes[n] for n in self.names)
+        self._noop = all_dense and not self.rules
+
+    # ------------------------------------------------------------------ per step
+    def _due(self, it: int) -> list[_Rule]:
+        return [r for r in self.rules if r.due(it)]
+
+    def after_backward(self, step: int) -> None:
+        """Keep the dense gradient if a gradient-using update is due after this step, then
+        mask the gradients. With a GradScaler, call ``scaler.unscale_(optimizer)`` first."""
+        if self._noop:
+            return
+        if any(r.needs_grad for r in self._due(step + 1)):
+            grads = [None if p.grad is None else p.grad.detach().clone() for p in self.params]
+            finite = all(bool(torch.isfinite(g).all()) for g in grads if g is not None)
+            self._grads = _Grads(step, grads, finite)
+        self.enforcer.mask_grads()
+
+    def after_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
+        """Apply the updates due after optimizer step ``step``; keep masked weights and
+        optimizer state at zero."""
+        if self._noop:
+            if self.debug:
+                self._check(step, optimizer)
+            return
+        due = self._due(step + 1)
+        changed = False
+        if due:
+            changed = self._update(step, due)
+        self.enforcer.zero_weights()
+        self.enforcer.sync_optimizer(optimizer, force=changed)
+        if self.debug:
+            self._check(step, optimizer)
+
+    def _update(self, step: int, due: list[_Rule]) -> bool:
+        grads = self._grads if self._grads is not None and self._grads.step == step else None
+        self._grads = None
+        if any(r.needs_grad for r in due):
+            if grads is None:
+                raise AssertionError(f"step {step}: update due but after_backward({step}) "
+                                     "was not called")
+            if not grads.finite:  # e.g. an AMP overflow step: skip, the next update catches up
+                self.skipped_updates += 1
+                self.last_update = {"step": step, "skipped": "non-finite gradients"}
+                return False
+        stats: dict[str, Any] = {"step": step}
+        self._dropped_now = {}  # positions dropped by any rule of this update: never regrown
+        for rule in due:
+            for key, value in rule.apply(self, step + 1, grads).items():
+                stats[f"{rule.name}.{key}"] = value
+        self._dropped_now = {}
+        self.updates += 1
+        stats["nnz"] = sum(self.budgets.values())
+        self.last_update = stats
+        self._after_mask_change()
+        return True
+
+    # ------------------------------------------------------------------ mask surgery
+    def _flat(self, i: int) -> tuple[Tensor, Tensor]:
+        """(mask buffer, its flat logical-order copy) of layer i."""
+        mask = self.enforcer.masks()[i]
+        return mask, mask.reshape(-1).clone()
+
+    def _score(self, i: int, scorer: S.Scorer, grads: _Grads | None) -> Tensor:
+        g = None if grads is None else grads.by_layer[i]
+        p = self.params[i]
+        if g is None and grads is not None:
+            g = torch.zeros_like(p)
+        return scorer(p.detach(), g, self.generator).reshape(-1).float()
+
+    def growable(self, i: int) -> int:
+        """Inactive positions of layer i not dropped earlier in this update."""
+        earlier = self._dropped_now.get(i)
+        taken = 0 if earlier is None else int(earlier.sum())
+        return self.sizes[self.names[i]] - self.budgets[self.names[i]] - taken
+
+    def drop_weights(self, i: int, k: int, scorer: S.Scorer, grads: _Grads | None) -> int:
+        """Deactivate the k active weights of layer i with the lowest scores."""
+        mask, flat = self._flat(i)
+        active = torch.nonzero(flat).flatten()  # rank only the active weights (few, when sparse)
+        idx = active[S.topk_indices(-self._score(i, scorer, grads)[active], k, self.generator)]
+        dropped = torch.zeros_like(flat)
+        dropped[idx] = True
+        flat[idx] = False
+        earlier = self._dropped_now.get(i)
+        self._dropped_now[i] = dropped if earlier is None else earlier | dropped
+        self._commit(i, mask, flat, dropped, "drop")
+        return k
+
+    def grow_weights(self, i: int, k: int, scorer: S.Scorer, grads: _Grads | None) -> int:
+        """Activate the k inactive weights of layer i with the highest scores, never one
+        dropped earlier in the same update (drop and grow sets are disjoint); grown weights
+        start at exactly 0."""
+        mask, flat = self._flat(i)
+        earlier = self._dropped_now.get(i)
+        blocked = flat if earlier is None else flat | earlier
+        score = self._score(i, scorer, grads).masked_fill_(blocked, -math.inf)
+        idx = S.topk_indices(score, k, self.generator)
+        grown = torch.zeros_like(flat)
+        grown[idx] = True
+        flat[idx] = True
+        self._commit(i, mask, flat, grown, "grow")
+        return k
+
+    def _commit(self, i: int, mask: Tensor, flat: Tensor, changed: Tensor, kind: str) -> None:
+        """Write the new mask and zero the changed positions' weights. Optimizer state is
+        zeroed by the enforcer once the step's updates are done: dropped positions by the
+        new mask; grown ones were inactive, so their state is already exactly zero."""
+        with torch.no_grad():
+            mask.copy_(flat.view(mask.shape))
+            self.params[i].masked_fill_(changed.view(mask.shape), 0.0)
+        if self.on_change is not None:
+            self.on_change(self.names[i], kind, changed.view(mask.shape))
+
+    # ------------------------------------------------------------------ reporting
+    def beta(self, step: int) -> float:
+        """DyReLU phasing factor for the forward pass of ``step`` (0 without DyReLU)."""
+        return self.beta_schedule(step)
+
+    def expected_total(self, step: int) -> int | None:
+        """The global active count the run must hold after ``step`` (None while a density
+        schedule is moving it)."""
+        it = step + 1
+        for rule in self.rules:
+            if isinstance(rule, _DensityRule) and it < rule.schedule.end:  # type: ignore[union-attr]
+                return None
+        return self.base_total
+
+    def density_log(self) -> dict[str, Any]:
+        """JSON-able summary: density over unique masked weights (d'), over the unshared
+        network's masked weights (1 − s at the target), counts, and the last update."""
+        nnz = sum(self.budgets.values())
+        return {
+            "density": nnz / self.counts.n_unique,
+            "density_full": nnz / self.counts.n_full,
+            "nnz": nnz,
+            "target_nnz": self.base_total,
+            "n_unique": self.counts.n_unique,
+            "n_full": self.counts.n_full,
+            "updates": self.updates,
+            "skipped_updates": self.skipped_updates,
+            "last_update": dict(self.last_update),
+        }
+
+    def _check(self, step: int, optimizer: torch.optim.Optimizer | None) -> None:
+        problems = self.enforcer.violations(optimizer, self.budgets)
+        expected = self.expected_total(step)
+        if expected is not None and self.initialized and sum(self.budgets.values()) != expected:
+            problems.append(f"global active count {sum(self.budgets.values())} != {expected}")
+        if problems:
+            raise AssertionError(f"sparsity invariants broken after step {step}: "
+                                 + "; ".join(problems))
+
+    # ------------------------------------------------------------------ checkpoints
+    def _schedules(self) -> dict[str, Schedule]:
+        out: dict[str, Schedule] = {"beta": self.beta_schedule}
+        for rule in self.rules:
+            out.update(rule.schedules)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything but the masks (which are model buffers): RNG, budgets, schedules."""
+        return {
+            "format": STATE_FORMAT,
+            "method": self.cfg.method,
+            "sparsity": self.cfg.sparsity,
+            "initialized": self.initialized,
+            "generator": self.generator.get_state(),
+            "budgets": dict(self.budgets),
+            "base_budgets": dict(self.base_budgets),
+            "schedules": {k: s.state_dict() for k, s in self._schedules().items()},
+            "updates": self.updates,
+            "skipped_updates": self.skipped_updates,
+            "last_update": dict(self.last_update),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a sparsifier; load the model's state (with its mask buffers) as well."""
+        if state.get("format") != STATE_FORMAT:
+            raise EastError(f"sparsifier state format {state.get('format')!r} is not supported")
+        for key in ("method", "sparsity"):
+            if state[key] != getattr(self.cfg, key):
+                raise EastError(f"checkpoint: sparsity.{key} is {state[key]!r}, "
+                                f"the run's config says {getattr(self.cfg, key)!r}")
+        if sorted(state["budgets"]) != sorted(self.names):
+            raise EastError("checkpoint: masked layers differ from the model's")
+        self.initialized = bool(state["initialized"])
+        self.generator.set_state(state["generator"])
+        self.budgets = {n: int(state["budgets"][n]) for n in self.names}
+        self.base_budgets = {n: int(v) for n, v in state["base_budgets"].items()}
+        schedules = self._schedules()
+        for key, s in state["schedules"].items():
+            schedules[key].load_state_dict(s)
+        self.updates = int(state["updates"])
+        self.skipped_updates = int(state["skipped_updates"])
+        self.last_update = dict(state["last_update"])
+        self._grads = None
+        self._after_mask_change()
+
+
+def debug_from_env() -> bool:
+    return os.environ.get("EAST_DEBUG", "") not in ("", "0")
+
+
+def build_sparsifier(model: nn.Module, cfg: SparsityConfig, *, steps_per_epoch: int,
+                     total_steps: int, seed: int, debug: bool | None = None) -> Sparsifier:
+    """The sparsifier of ``cfg`` for an east model (``masked_parameters()``,
+    ``weight_counts()``). Registers the mask buffers at once, so call it before loading a
+    checkpoint into the model. ``debug`` (default: ``EAST_DEBUG=1``) asserts every invariant
+    after every step."""
+    params = masked_parameters(model)
+    counts = model_counts(model, params)
+    return Sparsifier(model, params, counts, cfg, steps_per_epoch=steps_per_epoch,
+                      total_steps=total_steps, seed=seed,
+                      debug=debug_from_env() if debug is None else debug)

@@ -1,0 +1,366 @@
+"""east.models: architectures, DyReLU-B, weight sharing, counts and torchvision export."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from east.models import ARCHS, DyReLUB, SharedConv2d, WeightCounts, build_model
+from east.models import dyrelu as dyrelu_mod
+
+torch.set_num_threads(2)
+
+
+# --- counts (the spec's table) -------------------------------------------------------------
+
+SPEC_TABLE = [
+    # arch, classes, N_full, N_u, N_s, d'/d
+    ("resnet34", 10, 21_265_088, 11_164_352, 10_100_736, 1.9047),
+    ("resnet34", 100, 21_311_168, 11_210_432, 10_100_736, 1.9010),
+    ("resnet50", 10, 23_467_712, 13_928_128, 9_539_584, 1.6849),
+    ("resnet50", 100, 23_652_032, 14_112_448, 9_539_584, 1.6760),
+]
+
+
+@pytest.mark.parametrize(("arch", "classes", "n_full", "n_u", "n_s", "factor"), SPEC_TABLE)
+def test_counts_match_spec_table(arch, classes, n_full, n_u, n_s, factor):
+    dense = build_model(arch, num_classes=classes, in_channels=3)
+    assert dense.weight_counts() == WeightCounts(n_full, n_full, 0)
+    assert sum(p.numel() for p in dense.masked_parameters().values()) == n_full
+
+    shared = build_model(arch, num_classes=classes, in_channels=3, sharing_ratio=2)
+    counts = shared.weight_counts()
+    assert counts == WeightCounts(n_full=n_full, n_unique=n_u, n_shared=n_s)
+    assert round(counts.density_factor, 4) == factor
+    assert sum(p.numel() for p in shared.masked_parameters().values()) == n_u
+
+
+def test_counts_of_digits_models():
+    # cpu-notes: resnet20 and the CIFAR-style ResNet-18 on 1-channel digits.
+    assert build_model("resnet20", num_classes=10, in_channels=1).weight_counts().n_full == 270_608
+    r18 = build_model("resnet18", num_classes=10, in_channels=1)
+    assert r18.weight_counts().n_full == 11_163_200
+
+
+def test_masked_and_dense_parameters_partition_the_model():
+    model = build_model("resnet18", num_classes=10, in_channels=3, activation="dyrelu")
+    masked = model.masked_parameters()
+    dense = model.dense_parameters()
+    assert "conv1.weight" in masked and "fc.weight" in masked
+    assert "layer2.0.downsample.0.weight" in masked
+    assert all(p.dim() in (2, 4) for p in masked.values())
+    assert not any(".act" in name for name in masked)  # DyReLU FCs are dense
+    assert "layer1.0.act1.fc1.weight" in dense and "layer1.0.bn1.weight" in dense
+    assert set(masked).isdisjoint(dense)
+    assert set(masked) | set(dense) == {n for n, _ in model.named_parameters()}
+    assert model.fc.bias is None
+
+
+# --- shapes -------------------------------------------------------------------------------
+
+
+def test_arch_registry():
+    assert ARCHS == ("resnet18", "resnet34", "resnet50", "resnet20")
+
+
+def test_resnet20_on_digits_shape():
+    model = build_model("resnet20", num_classes=10, in_channels=1)
+    assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    assert model.stage_names == ("layer1", "layer2", "layer3")
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50"])
+def test_cifar_stem_shapes(arch):
+    model = build_model(arch, num_classes=100, in_channels=3).eval()
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert isinstance(model.maxpool, nn.Identity)
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 32, 32)).shape == (1, 100)
+
+
+def test_dyrelu_shared_model_trains_a_step():
+    model = build_model(
+        "resnet20", num_classes=10, in_channels=1, activation="dyrelu", sharing_ratio=2
+    )
+    model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(4, 1, 8, 8).contiguous(memory_format=torch.channels_last)
+    loss = model(x).logsumexp(1).mean()
+    loss.backward()
+    assert model.layer1[1].conv1.weight.grad is not None
+    assert model.layer1[2].conv1.scale.grad is not None
+    assert model.layer1[0].act1.fc2.weight.grad is not None
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"arch": "resnet99"},
+        {"stem": "tiny"},
+        {"activation": "gelu"},
+        {"sharing_ratio": 1},
+        {"sharing_ratio": True},
+        {"num_classes": 0},
+    ],
+)
+def test_build_model_rejects_bad_arguments(kwargs):
+    args = {"arch": "resnet20", "num_classes": 10, "in_channels": 3} | kwargs
+    arch = args.pop("arch")
+    with pytest.raises(ValueError):
+        build_model(arch, **args)
+
+
+# --- DyReLU-B ----------------------------------------------------------------------------
+
+
+def reference_dyrelu(x: torch.Tensor, fc1: nn.Linear, fc2: nn.Linear, beta: float):
+    """Straightforward DyReLU-B from the spec: both pieces materialised, torch.max over them."""
+    n, c = x.shape[:2]
+    theta = 2 * torch.sigmoid(fc2(torch.relu(fc1(x.mean(dim=(2, 3)))))) - 1
+    theta = theta.view(n, c, 4)
+    dyrelu_coef = [1 + theta[..., 0], theta[..., 1], 0.5 * theta[..., 2], 0.5 * theta[..., 3]]
+    relu_coef = [1.0, 0.0, 0.0, 0.0]
+    a1, a2, b1, b2 = (
+        (beta * d + (1 - beta) * r)[:, :, None, None]
+        for d, r in zip(dyrelu_coef, relu_coef, strict=True)
+    )
+    pieces = [a1 * x + b1, a2 * x + b2]
+    return torch.max(torch.stack(pieces), dim=0).values
+
+
+def test_dyrelu_at_beta_zero_is_relu_bit_for_bit():
+    act = DyReLUB(16)
+    act.set_beta(0.0)
+    x = torch.randn(3, 16, 5, 5, requires_grad=True)
+    y = act(x)
+    g = torch.randn_like(y)
+    (gx,) = torch.autograd.grad(y, x, g)
+
+    x_ref = x.detach().clone().requires_grad_()
+    y_ref = torch.relu(x_ref)
+    (gx_ref,) = torch.autograd.grad(y_ref, x_ref, g)
+    assert torch.equal(y, y_ref)
+    assert torch.equal(gx, gx_ref)
+    # No hyper-function work: its parameters are not even in the graph.
+    act(x).sum().backward()
+    assert act.fc1.weight.grad is None and act.fc2.weight.grad is None
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.3])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_dyrelu_matches_reference(beta, channels_last, monkeypatch):
+    # Three samples per chunk, batch 7: several chunks and a ragged last one.
+    monkeypatch.setattr(dyrelu_mod, "CPU_CHUNK_ELEMS", 3 * 8 * 4 * 5)
+    torch.manual_seed(0)
+    act = DyReLUB(8).double()
+    with torch.no_grad():  # larger FC outputs, so the pieces really differ
+        act.fc2.weight.mul_(4.0)
+        act.fc2.bias.uniform_(-2.0, 2.0)
+    act.set_beta(beta)
+    ref_fc1, ref_fc2 = copy.deepcopy(act.fc1), copy.deepcopy(act.fc2)
+
+    x = torch.randn(7, 8, 4, 5, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x_ref = x.clone().requires_grad_()
+    x = x.requires_grad_()
+    g = torch.randn(7, 8, 4, 5, dtype=torch.float64)
+
+    y = act(x)
+    y_ref = reference_dyrelu(x_ref, ref_fc1, ref_fc2, beta)
+    torch.testing.assert_close(y, y_ref)
+    assert not torch.allclose(y, torch.relu(x))  # the check is not vacuous
+    if channels_last:
+        assert y.is_contiguous(memory_format=torch.channels_last)
+
+    y.backward(g)
+    y_ref.backward(g)
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    for mine, ref in ((act.fc1, ref_fc1), (act.fc2, ref_fc2)):
+        torch.testing.assert_close(mine.weight.grad, ref.weight.grad)
+        torch.testing.assert_close(mine.bias.grad, ref.bias.grad)
+
+
+def test_dyrelu_float32_forward_matches_reference():
+    torch.manual_seed(1)
+    act = DyReLUB(32)
+    act.set_beta(0.7)
+    x = torch.randn(4, 32, 6, 6).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(act(x), reference_dyrelu(x, act.fc1, act.fc2, 0.7))
+
+
+def test_dyrelu_gradcheck():
+    torch.manual_seed(2)
+    act = DyReLUB(4).double()
+    act.set_beta(0.6)
+    x = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
+    params = (act.fc1.weight, act.fc1.bias, act.fc2.weight, act.fc2.bias)
+
+    def fn(x, *p):
+        return dyrelu_mod._DyReLUBFunction.apply(x, *p, 0.6)
+
+    assert torch.autograd.gradcheck(fn, (x, *params))
+
+
+def test_set_beta_reaches_every_dyrelu_and_is_saved():
+    model = build_model("resnet20", num_classes=10, in_channels=3, activation="dyrelu")
+    acts = [m for m in model.modules() if isinstance(m, DyReLUB)]
+    assert len(acts) == 1 + 2 * 9  # stem + two per basic block
+    assert all(a._beta == 1.0 for a in acts)
+    model.set_beta(0.25)
+    assert all(a._beta == 0.25 for a in acts)
+    fresh = build_model("resnet20", num_classes=10, in_channels=3, activation="dyrelu")
+    fresh.load_state_dict(model.state_dict())
+    assert all(m._beta == 0.25 for m in fresh.modules() if isinstance(m, DyReLUB))
+    with pytest.raises(ValueError):
+        model.set_beta(1.5)
+    build_model("resnet20", num_classes=10, in_channels=3).set_beta(0.5)  # ReLU: no-op
+
+
+# --- weight sharing -------------------------------------------------------------------------
+
+
+def test_shared_model_has_one_tensor_per_shared_conv():
+    model = build_model("resnet34", num_classes=10, in_channels=3, sharing_ratio=2)
+    stage3 = model.layer3  # six blocks: 0 and 1 own, 2..5 share block 1's convs
+    for i in range(2, 6):
+        for conv in ("conv1", "conv2"):
+            user = getattr(stage3[i], conv)
+            assert isinstance(user, SharedConv2d)
+            assert user.owner.weight is getattr(stage3[1], conv).weight
+            assert not hasattr(user, "weight")
+        assert stage3[i].downsample is None
+        assert stage3[i].bn1 is not stage3[1].bn1
+    masked = model.masked_parameters()
+    n_convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    assert len(masked) == n_convs + 1
+    assert len({p.data_ptr() for p in masked.values()}) == len(masked)
+    all_ptrs = [p.data_ptr() for _, p in model.named_parameters(remove_duplicate=False)]
+    assert len(all_ptrs) == len(set(all_ptrs))  # not even registered twice
+    assert "layer3.2.conv1.weight" not in model.state_dict()
+    assert "layer3.2.conv1.scale" in model.dense_parameters()
+    users = model.shared_users()
+    assert users["layer3.1.conv2.weight"] == [f"layer3.{i}.conv2" for i in range(1, 6)]
+    assert users["layer3.0.conv1.weight"] == ["layer3.0.conv1"]
+    assert set(users) == set(masked)
+
+
+def test_deepcopy_keeps_sharing():
+    model = build_model("resnet20", num_classes=10, in_channels=1, sharing_ratio=2)
+    clone = copy.deepcopy(model)
+    assert clone.layer2[2].conv1.owner is clone.layer2[1].conv1
+    assert clone.layer2[2].conv1.owner is not model.layer2[1].conv1
+
+
+def _unshared_twin(shared: nn.Module) -> nn.Module:
+    """An unshared resnet20 whose user convs hold W_owner * scale_i; all else copied."""
+    twin = build_model("resnet20", num_classes=10, in_channels=3).double()
+    state = {k: v for k, v in shared.state_dict().items() if not k.endswith(".scale")}
+    for name, module in shared.named_modules():
+        if isinstance(module, SharedConv2d):
+            state[f"{name}.weight"] = module.owner.weight.detach() * module.scale.detach()
+    twin.load_state_dict(state, strict=True)
+    return twin
+
+
+@pytest.mark.parametrize("size", [8, 32])  # 8: output scaled; 32: weight scaled in layer1
+def test_shared_gradient_is_sum_over_users(size):
+    torch.manual_seed(3)
+    shared = build_model("resnet20", num_classes=10, in_channels=3, sharing_ratio=2).double()
+    twin = _unshared_twin(shared)
+    x = torch.randn(2, 3, size, size, dtype=torch.float64)
+    out_shared, out_twin = shared(x), twin(x)
+    torch.testing.assert_close(out_shared, out_twin)
+    out_shared.square().sum().backward()
+    out_twin.square().sum().backward()
+
+    twin_params = dict(twin.named_parameters())
+    for owner_key, user_names in shared.shared_users().items():
+        expected = twin_params[owner_key].grad.clone()
+        for user in user_names[1:]:
+            scale = shared.get_submodule(user).scale
+            user_grad = twin_params[f"{user}.weight"].grad
+            expected += scale.detach() * user_grad
+            # d loss / d scale = <W_owner, grad of the twin's user weight>
+            owner_weight = shared.get_submodule(user).owner.weight.detach()
+            torch.testing.assert_close(scale.grad, (owner_weight * user_grad).sum())
+        torch.testing.assert_close(shared.masked_parameters()[owner_key].grad, expected)
+
+
+def test_shared_conv_branches_agree():
+    torch.manual_seed(4)
+    owner = nn.Conv2d(4, 4, 3, padding=1, bias=False).double()
+    shared = SharedConv2d(owner).double()
+    for n, size in ((1, 2), (8, 16)):  # output smaller / larger than the weight
+        x = torch.randn(n, 4, size, size, dtype=torch.float64)
+        torch.testing.assert_close(shared(x), owner(x) * shared.scale)
+
+
+# --- export -------------------------------------------------------------------------------
+
+
+def _randomise_bn(model: nn.Module) -> None:
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_export_loads_into_torchvision(arch):
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(5)
+    model = build_model(arch, num_classes=7, in_channels=3, stem="imagenet").eval()
+    _randomise_bn(model)
+    model.conv1.register_buffer("weight_mask", torch.ones_like(model.conv1.weight, dtype=bool))
+    state = model.export_torchvision_state_dict()
+    assert not any(k.endswith("weight_mask") for k in state)
+    assert torch.equal(state["fc.bias"], torch.zeros(7))
+
+    reference = getattr(torchvision.models, arch)(num_classes=7).eval()
+    reference.load_state_dict(state, strict=True)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-6)
+
+
+def test_export_refuses_what_torchvision_cannot_hold():
+    shared = build_model("resnet34", num_classes=10, in_channels=3, sharing_ratio=2)
+    with pytest.raises(ValueError, match="shared"):
+        shared.export_torchvision_state_dict()
+    with pytest.raises(ValueError, match="torchvision"):
+        build_model("resnet20", num_classes=10, in_channels=3).export_torchvision_state_dict()
+    dy = build_model("resnet18", num_classes=10, in_channels=3, activation="dyrelu")
+    with pytest.raises(ValueError, match="DyReLU"):
+        dy.export_torchvision_state_dict()
+    dy.set_beta(0.0)  # exactly ReLU now: exports, without the DyReLU modules
+    relu = build_model("resnet18", num_classes=10, in_channels=3)
+    assert set(dy.export_torchvision_state_dict()) == set(relu.export_torchvision_state_dict())
+
+
+def test_cifar_stem_export_loads_into_patched_torchvision():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(6)
+    model = build_model("resnet18", num_classes=10, in_channels=3).eval()
+    _randomise_bn(model)
+    reference = torchvision.models.resnet18(num_classes=10).eval()
+    reference.conv1 = nn.Conv2d(3, 64, 3, padding=1, bias=False)  # the CIFAR stem
+    reference.maxpool = nn.Identity()
+    reference.load_state_dict(model.export_torchvision_state_dict(), strict=True)
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-6)
+
+
+def test_resnet34_export_matches_torchvision_layout():
+    torchvision = pytest.importorskip("torchvision")
+    model = build_model("resnet34", num_classes=100, in_channels=3, stem="imagenet")
+    state = model.export_torchvision_state_dict()
+    reference = torchvision.models.resnet34(num_classes=100).state_dict()
+    assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in reference.items()}

@@ -1,0 +1,159 @@
+"""The SLURM profiles, and a small DAG on a real single-node SLURM cluster.
+
+The cluster (slurmctld, slurmd, munge from apt; tests/slurm_cluster.sh) runs the jobs
+through tests/profiles/slurm-cpu, the project's SLURM profile without GPUs. Those tests
+are marked `slurm` and skipped when the cluster cannot be started here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import yaml
+from pipeline_helpers import REPO, env, job_counts, make_repo, snakemake
+
+WORKFLOW_PROFILE = REPO / "workflow/profiles/default/config.yaml"
+SLURM_PROFILE = REPO / "workflow/profiles/slurm/config.yaml"
+TEST_PROFILE = REPO / "tests/profiles/slurm-cpu"
+CLUSTER = REPO / "tests/slurm_cluster.sh"
+# Keys the test variant may set differently from the real profile (test speed, a CPU-only
+# cluster without accounting).
+TEST_ONLY = {"jobs", "latency-wait", "slurm-status-command", "slurm-no-account",
+             "slurm-init-seconds-before-status-checks", "slurm-keep-successful-logs"}
+
+
+def load(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())
+
+
+# ----------------------------------------------------------------------------- profiles
+
+
+def test_slurm_resolves_from_the_repository_root() -> None:
+    assert (REPO / "slurm").is_symlink()
+    assert (REPO / "slurm/config.yaml").resolve() == SLURM_PROFILE.resolve()
+
+
+def test_resources_are_set_in_one_place() -> None:
+    workflow = load(WORKFLOW_PROFILE)
+    assert set(workflow) == {"set-threads", "set-resources"}
+    for executor in (load(SLURM_PROFILE), load(TEST_PROFILE / "config.yaml")):
+        # The workflow profile would silently replace these keys.
+        assert not {"set-threads", "set-resources"} & set(executor)
+        assert executor["executor"] == "slurm"
+    assert load(SLURM_PROFILE)["default-resources"] == {"gpu": 1}
+
+
+def test_the_test_variant_differs_only_in_gpus_and_test_settings() -> None:
+    real, test = load(SLURM_PROFILE), load(TEST_PROFILE / "config.yaml")
+    assert test["default-resources"] == {"gpu": 0}
+    shared = (set(real) | set(test)) - TEST_ONLY - {"default-resources"}
+    assert {k: real.get(k) for k in shared} == {k: test.get(k) for k in shared}
+
+
+def _evaluate(expression: Any, arch: str, dataset: str, threads: int = 1) -> Any:
+    if not isinstance(expression, str):
+        return expression
+    namespace = {"wildcards": SimpleNamespace(arch=arch, dataset=dataset), "threads": threads}
+    return eval(expression, namespace)  # the profile's own Python expressions
+
+
+@pytest.mark.parametrize(
+    ("arch", "dataset", "threads", "mem_mb", "runtime"),
+    [
+        ("resnet20", "digits", 1, 2000, 15),
+        ("resnet34", "cifar10", 4, 16000, 480),
+        ("resnet50", "cifar100", 4, 16000, 720),
+        ("resnet50", "imagenet", 16, 64000, 2880),
+        ("resnet18", "imagenet", 16, 64000, 1440),
+    ],
+)
+def test_train_resources_by_arch_and_dataset(
+    arch: str, dataset: str, threads: int, mem_mb: int, runtime: int
+) -> None:
+    profile = load(WORKFLOW_PROFILE)
+    got_threads = _evaluate(profile["set-threads"]["train"], arch, dataset)
+    train = {k: _evaluate(v, arch, dataset, got_threads)
+             for k, v in profile["set-resources"]["train"].items()}
+    assert got_threads == threads
+    assert train == {"cpus_per_task": threads, "mem_mb": mem_mb, "runtime": runtime}
+
+
+def test_snakemake_reads_the_profiles_together() -> None:
+    from snakemake.cli import parse_args
+
+    cwd = Path.cwd()
+    os.chdir(REPO)
+    try:
+        _, args = parse_args(["--profile", "slurm", "-n"])
+        _, test_args = parse_args(["--profile", str(TEST_PROFILE), "-n"])
+    finally:
+        os.chdir(cwd)
+    assert args.executor == "slurm"
+    assert args.default_resources["gpu"].value == 1
+    assert test_args.default_resources["gpu"].value == 0
+    assert set(args.set_resources) == {"train", "evaluate"}
+    assert set(args.set_threads) == {"train", "evaluate"}
+
+
+# ----------------------------------------------------------------------------- cluster
+
+
+def _cluster_skip_reason() -> str:
+    if shutil.which("slurmctld") is None or shutil.which("slurmd") is None:
+        return ("slurmctld/slurmd not installed (apt-get install slurmctld slurmd "
+                "slurm-client munge; .ci/run installs them)")
+    if shutil.which("munged") is None or shutil.which("sbatch") is None:
+        return "munge or slurm-client not installed"
+    if os.geteuid() != 0:
+        return "starting a SLURM cluster needs root"
+    conf = Path("/etc/slurm/slurm.conf")
+    if conf.exists() and not conf.is_symlink():
+        return "/etc/slurm/slurm.conf belongs to a real SLURM installation"
+    return ""
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    reason = _cluster_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    state = tmp_path_factory.mktemp("slurm")
+    subprocess.run([str(CLUSTER), "start", str(state)], check=True, timeout=120)
+    try:
+        yield state
+    finally:
+        subprocess.run([str(CLUSTER), "stop", str(state)], check=False, timeout=120)
+
+
+@pytest.mark.slurm
+def test_a_small_dag_runs_on_slurm(cluster: Path, tmp_path: Path) -> None:
+    grid = ("defaults: {arch: resnet20, dataset: digits, train: {epochs: 1}}\n"
+            "rows:\n  - {name: static, method: static, sparsity: [0.9]}\n")
+    repo = make_repo(tmp_path / "repo", grid=grid)
+    result = snakemake(repo, "--profile", str(TEST_PROFILE), "--cores", "2")
+    assert job_counts(result.stdout) == {"fetch_data": 1, "train": 1, "evaluate": 1,
+                                         "report": 1, "all": 1}
+    submitted = dict(re.findall(
+        r"has been submitted with SLURM jobid (\d+) \(log: .*/slurm_logs/rule_(\w+)/",
+        result.stdout))
+    assert sorted(submitted.values()) == ["evaluate", "train"]
+    assert len(list(repo.glob("results/runs/*/seed0/metrics.json"))) == 1
+    assert (repo / "reports/metrics.json").is_file()
+    # The workflow profile's resources reached SLURM; the CPU variant asks for no GPU.
+    train_id = next(job for job, rule in submitted.items() if rule == "train")
+    shown = subprocess.run(["scontrol", "show", "job", train_id], capture_output=True,
+                           text=True, env=env(), check=True).stdout
+    assert "NumCPUs=1 " in shown
+    assert "TimeLimit=00:15:00" in shown
+    assert "mem=2000M" in shown
+    assert "gpu" not in shown.lower()
+    assert "JobState=COMPLETED" in shown
