@@ -37,7 +37,9 @@ def parse_duration(value: Duration) -> list[tuple[float, str]]:
             raise ValueError(f"a duration cannot be negative: {value}")
         return [(float(value), "it")]
     if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"expected a duration (int iterations or e.g. '25%', '2ep'), got {value!r}")
+        raise ValueError(
+            f"expected a duration (int iterations or e.g. '25%', '2ep'), got {value!r}"
+        )
     terms: list[tuple[float, str]] = []
     pos = 0
     text = value.strip()
@@ -58,7 +60,7 @@ def resolve_duration(value: Duration, steps_per_epoch: int, total_steps: int) ->
     """Resolve a duration to a whole number of iterations (rounded, clamped at 0)."""
     scale = {"it": 1.0, "ep": float(steps_per_epoch), "%": total_steps / 100.0}
     total = sum(amount * scale[unit] for amount, unit in parse_duration(value))
-    return max(0, int(math.floor(total + 0.5)))
+    return max(0, math.floor(total + 0.5))
 
 
 @dataclass(frozen=True)

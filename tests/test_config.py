@@ -60,7 +60,8 @@ def test_cell_id_is_readable() -> None:
         ("train", "epochs", "ten", "cell.train.epochs: expected int, got 'ten'"),
         ("train", "nesterov", 1, "cell.train.nesterov: expected bool, got 1"),
         ("train", "colour", "red", "cell.train.colour: unknown key"),
-        ("sparsity", "update_interval", "3 weeks", "cell.sparsity.update_interval: expected duration"),
+        ("sparsity", "update_interval", "3 weeks",
+         "cell.sparsity.update_interval: expected duration"),
     ],
 )
 def test_errors_name_the_field(section: str, key: str, value: object, message: str) -> None:
