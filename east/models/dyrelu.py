@@ -53,7 +53,7 @@ def _chunks(x: Tensor) -> list[slice]:
 
 def _coefficients(s: Tensor, beta: float, dtype: torch.dtype) -> tuple[Tensor, ...]:
     """(a2, da = a1 - a2, b1, b2), each (n, C, 1, 1), from s = sigmoid(FC2 output) (n, 4C)."""
-    theta = (2.0 * s - 1.0).view(s.shape[0], -1, 4, 1, 1)
+    theta = (2.0 * s - 1.0).view(s.shape[0], s.shape[1] // 4, 4, 1, 1)
     t1, t2, t3, t4 = theta.unbind(2)
     a2 = beta * t2
     da = 1.0 + beta * (t1 - t2)

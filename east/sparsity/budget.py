@@ -29,9 +29,12 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from east.errors import EastError
+
+if TYPE_CHECKING:  # the models import torch; this module stays torch-free
+    from east.models.sharing import WeightCounts
 
 DISTRIBUTIONS = ("erk", "uniform")
 
@@ -166,32 +169,20 @@ def allocate(
 # --------------------------------------------------------------------------- model helpers
 
 
-@dataclass(frozen=True)
-class Counts:
-    """Masked-weight counts of a model: N_full (unshared network), N_u (unique), N_s."""
-
-    n_full: int
-    n_unique: int
-    n_shared: int
-
-    @property
-    def density_factor(self) -> float:
-        """d'/d = (N_u + N_s)/N_u: per-mask density over the nominal one."""
-        return (self.n_unique + self.n_shared) / self.n_unique
-
-
-def model_counts(model: Any, masked: Mapping[str, Any]) -> Counts:
+def model_counts(model: Any, masked: Mapping[str, Any]) -> WeightCounts:
     """Counts from ``model.weight_counts()`` when the model has it, else no sharing."""
+    from east.models.sharing import WeightCounts
+
     n_unique = sum(p.numel() for p in masked.values())
     getter = getattr(model, "weight_counts", None)
     if getter is None:
-        return Counts(n_unique, n_unique, 0)
+        return WeightCounts(n_unique, n_unique, 0)
     wc = getter()
     if int(wc.n_unique) != n_unique:
         raise AssertionError(
             f"weight_counts().n_unique={wc.n_unique} but masked_parameters() hold {n_unique}"
         )
-    return Counts(int(wc.n_full), int(wc.n_unique), int(wc.n_shared))
+    return WeightCounts(int(wc.n_full), int(wc.n_unique), int(wc.n_shared))
 
 
 def masked_parameters(model: Any) -> dict[str, Any]:

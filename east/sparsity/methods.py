@@ -31,9 +31,9 @@ from torch import Tensor, nn
 
 from east.config import SparsityConfig, resolve_duration
 from east.errors import EastError
+from east.models.sharing import WeightCounts
 from east.sparsity import scores as S
 from east.sparsity.budget import (
-    Counts,
     allocate,
     density_total,
     masked_parameters,
@@ -234,7 +234,9 @@ class BudgetPlan:
     allocation: str
 
 
-def plan_budgets(masked: Mapping[str, Any], counts: Counts, cfg: SparsityConfig) -> BudgetPlan:
+def plan_budgets(
+    masked: Mapping[str, Any], counts: WeightCounts, cfg: SparsityConfig
+) -> BudgetPlan:
     """The target budget of ``cfg`` over the masked tensors (only their shapes are read)."""
     total = target_total(cfg.sparsity, counts.n_full, counts.n_unique)
     shapes = {n: tuple(p.shape) for n, p in masked.items()}
@@ -402,7 +404,7 @@ class _DropGrowRule(_Rule):
 class Sparsifier:
     """Masks, budgets, schedules and enforcement for one model (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, params: Mapping[str, nn.Parameter], counts: Counts,
+    def __init__(self, model: nn.Module, params: Mapping[str, nn.Parameter], counts: WeightCounts,
                  cfg: SparsityConfig, *, steps_per_epoch: int, total_steps: int, seed: int,
                  debug: bool = False) -> None:
         if not params:
