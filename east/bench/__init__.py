@@ -58,7 +58,7 @@ def _run(plan: Any, dev: Any, device: str, root: Path | None, out: str | Path,
     from east.bench.planning import planning_case
     from east.bench.report import machine_info, now_utc, text_table, write_reports
     from east.bench.results import CaseResult
-    from east.bench.workload import loop_settings
+    from east.train.loop import loop_settings
 
     quick = plan.quick
     began = time.perf_counter()
@@ -83,7 +83,7 @@ def _run(plan: Any, dev: Any, device: str, root: Path | None, out: str | Path,
     # Cheap, failure-prone cases first: a broken grid should not cost minutes of timing.
     results.append(timed(f"planning ({plan.grid})", lambda: planning_case(plan.grid,
                                                                           root=root)))
-    with loop_settings(dev):
+    with loop_settings(dev.device):
         dense_step: dict[str, float] = {}
         for arch in plan.masked_archs:
             case, dense_s = timed(f"masked step ({arch})",

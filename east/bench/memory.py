@@ -107,16 +107,13 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """In the child: train ``spec`` and return the memory growth."""
     import torch
 
-    from east.bench.workload import (
-        build_step_setup,
-        loop_settings,
-        resolve_bench_device,
-    )
+    from east.bench.workload import build_step_setup, resolve_bench_device
+    from east.train.loop import loop_settings
 
     torch.set_num_threads(int(spec["threads"]))
     dev = resolve_bench_device(spec["device"])
     cuda = dev.device.type == "cuda"
-    with loop_settings(dev):
+    with loop_settings(dev.device):
         # Page in the code (kernels, libraries: ~250 MiB of RSS on first use) with a
         # throwaway 2-image run of the method on the small resnet20, so that it does not
         # count as the run's; then hand the freed heap back to the kernel, so that the run

@@ -14,9 +14,7 @@ due" or "a step after the DyReLU phase-out" mean what they mean in a real run.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,24 +80,6 @@ def resolve_bench_device(name: str) -> DeviceSetup:
     device = resolve_device(name, "auto", DistEnv())
     return DeviceSetup(device, resolve_precision("auto", device),
                        resolve_channels_last("auto", device))
-
-
-@contextlib.contextmanager
-def loop_settings(dev: DeviceSetup) -> Iterator[None]:
-    """The global torch settings ``Trainer.run`` uses: deterministic algorithms (warn only)
-    on the CPU, cuDNN autotuning on CUDA. Restored on exit."""
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    benchmark = torch.backends.cudnn.benchmark
-    try:
-        if dev.device.type == "cpu":
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        else:
-            torch.cuda.set_device(dev.device)
-            torch.backends.cudnn.benchmark = True
-        yield
-    finally:
-        torch.use_deterministic_algorithms(deterministic)
-        torch.backends.cudnn.benchmark = benchmark
 
 
 def make_cell(arch: str, sparse: dict[str, Any], *, batch_size: int = PAPER_BATCH,

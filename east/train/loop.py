@@ -31,7 +31,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -345,6 +345,26 @@ def save_state_dict(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda handle: torch.save(state, handle))
 
 
+
+@contextlib.contextmanager
+def loop_settings(device: torch.device) -> Iterator[None]:
+    """The global torch settings of a training run, restored on exit: deterministic
+    algorithms (warn only) on the CPU, where they are cheap and make resumed runs
+    bit-identical; cuDNN autotuning on CUDA."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    try:
+        if device.type == "cpu":
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        else:
+            torch.cuda.set_device(device)
+            torch.backends.cudnn.benchmark = True
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+        torch.backends.cudnn.benchmark = benchmark
+
+
 class Trainer:
     """Trains one cell into ``out_dir`` (resuming from its checkpoints). ``run()`` returns a
     ``TrainOutcome``; user errors raise ``EastError``; a NaN/inf loss raises
@@ -384,20 +404,12 @@ class Trainer:
             return TrainOutcome(EXIT_DONE, f"east: {label}: already trained ({summary_path})")
         self.device = resolve_device(self.requested_device, self.cell.train.device, self.env)
         created = D.init_distributed(self.env, self.device)
-        deterministic = torch.are_deterministic_algorithms_enabled()
         try:
-            if self.device.type == "cpu":
-                # Cheap on the CPU; makes resumed runs bit-identical where it matters.
-                torch.use_deterministic_algorithms(True, warn_only=True)
-            else:
-                torch.cuda.set_device(self.device)
-                torch.backends.cudnn.benchmark = True
-            with StopSignals() as signals:
+            with loop_settings(self.device), StopSignals() as signals:
                 self.signals = signals
                 self._setup()
                 return self._train(label)
         finally:
-            torch.use_deterministic_algorithms(deterministic)
             if getattr(self, "progress", None) is not None:
                 self.progress.close()
             D.shutdown(created)
