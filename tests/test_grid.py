@@ -29,7 +29,7 @@ from east.sparsity.presets import METHODS, PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params"
-SHIPPED = ("demo.yaml", "paper.yaml", "ablations.yaml", "imagenet.yaml")
+SHIPPED = ("demo.yaml", "paper.yaml", "ablations.yaml", "imagenet.yaml", "cpu-paper.yaml")
 
 # A defaults file in which every layer sets something the next layer may override.
 DEFAULTS = {
@@ -433,7 +433,7 @@ def test_grid_check_command(
     monkeypatch.chdir(REPO)
     assert main(["grid", "check", "params/demo.yaml", "params/ablations.yaml"]) == 0
     out = capsys.readouterr().out
-    summary = "params/demo.yaml, params/ablations.yaml: OK: 9 rows, 40 cells, 40 distinct runs"
+    summary = "params/demo.yaml, params/ablations.yaml: OK: 10 rows, 43 cells, 43 distinct runs"
     assert out == summary + "\n"
     bad = grid(tmp_path, [{**BASE_ROW, "method": "nope"}, {**BASE_ROW, "name": "q",
                                                              "sparsity": [2]}])
