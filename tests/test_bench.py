@@ -23,15 +23,6 @@ QUICK_KINDS = {"planning", "masked_step", "dyrelu_step", "east_step", "rigl_upda
                "east_update", "input_pipeline", "loader_vs_indexing", "peak_memory"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: these tests build small models on a shared 2-core machine, where
-    two OpenMP threads competing with other jobs are several times slower than one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # ----------------------------------------------------------------------------- timing
 

@@ -16,14 +16,6 @@ from east.sparsity.presets import resolve_sparsity
 SPE, TOTAL = 4, 40
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():  # type: ignore[no-untyped-def]
-    """Tiny steps on a shared 2-core machine: a second BLAS thread only adds contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def make(method: str, sparsity: float = 0.9, seed: int = 0, opt: str = "sgd",
          **knobs: Any) -> tuple[torch.nn.Module, Sparsifier, torch.optim.Optimizer]:

@@ -25,14 +25,6 @@ from east.sparsity.presets import DYNAMIC_METHODS, METHODS, PRESETS, resolve_spa
 SPE, TOTAL = 4, 48
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():  # type: ignore[no-untyped-def]
-    """Tiny steps on a shared 2-core machine: a second BLAS thread only adds contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def make(method: str, sparsity: float = 0.9, seed: int = 0, arch: str = "resnet20",
          total: int = TOTAL, **knobs: Any) -> tuple[torch.nn.Module, Sparsifier,
