@@ -68,7 +68,7 @@ def load_trained_model(run_dir: Path, cell: Any, which: str, device: torch.devic
 def evaluate_run(run_dir: str | Path, *, device: str | None = None,
                  md5s: dict[str, str] | None = None) -> dict[str, Any]:
     """Compute and write ``metrics.json``; returns the metrics."""
-    from east.data import build_loaders
+    from east.data import build_test_loader, dataset_info
     from east.flops import analyze, training_flops
     from east.train import distributed as D
     from east.train.history import HISTORY_FILE, SUMMARY_FILE, read_history, read_summary
@@ -82,16 +82,16 @@ def evaluate_run(run_dir: str | Path, *, device: str | None = None,
     # train.device is an execution knob of training: evaluate wherever this runs.
     dev = resolve_device(device, "auto", D.DistEnv())
     amp = resolve_precision(cell.train.precision, dev)
-    loaders = build_loaders(
-        cell.data, batch_size=cell.train.batch_size, eval_batch_size=cell.train.eval_batch_size,
-        seed=cell.seed, device=dev, workers=cell.train.workers, md5s=md5s,
+    test_loader = build_test_loader(
+        cell.data, eval_batch_size=cell.train.eval_batch_size, device=dev,
+        workers=cell.train.workers, md5s=md5s,
     )
-    info = loaders.info
+    info = dataset_info(cell.data.name)
     steps = int(summary["steps"])
 
     def test_accuracy(which: str) -> tuple[torch.nn.Module, float]:
         model, _ = load_trained_model(run, cell, which, dev, steps)
-        _, acc, _ = evaluate_loader(model, loaders.test, device=dev, amp_dtype=amp)
+        _, acc, _ = evaluate_loader(model, test_loader, device=dev, amp_dtype=amp)
         return model, acc
 
     final, test_acc = test_accuracy("model.pt")

@@ -17,7 +17,7 @@ from east.config import DataConfig
 from east.data import cifar, fetch, registry
 from east.data.digits import load_digits_arrays
 from east.data.imagenet import ImageFolderLoader, scan_split, validate_imagenet
-from east.data.loader import InMemoryLoader, build_loaders, load_splits
+from east.data.loader import InMemoryLoader, build_loaders, build_test_loader, load_splits
 from east.data.splits import allocate, stratified_holdout
 from east.data.transforms import random_resized_crop_box, train_image
 from east.errors import EastError
@@ -148,6 +148,19 @@ def test_digits_split_is_the_same_for_every_run_seed() -> None:
     no_val = build_loaders(DataConfig("digits", val_fraction=0.0), batch_size=64,
                            eval_batch_size=64, seed=0)
     assert no_val.val is None and no_val.train.num_samples == 1438
+
+
+def _batches(loader) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(x.clone(), y.clone()) for x, y in loader]
+
+
+def test_test_loader_alone_yields_the_test_split_of_build_loaders() -> None:
+    cfg = DataConfig("digits", crop_padding=1)
+    reference = _batches(build_loaders(cfg, batch_size=128, eval_batch_size=100, seed=3).test)
+    alone = _batches(build_test_loader(cfg, eval_batch_size=100))
+    assert [len(y) for _, y in alone] == [100, 100, 100, 59]
+    assert all(torch.equal(xa, xr) and torch.equal(ya, yr)
+               for (xa, ya), (xr, yr) in zip(alone, reference, strict=True))
 
 
 # ---------------------------------------------------------------- CIFAR
@@ -298,6 +311,27 @@ def test_imagenet_loaders_split_and_shapes(tmp_path: Path) -> None:
     assert (loaders.train.epoch, loaders.train.batch) == (1, 0)
     with pytest.raises(EastError, match="not an in-memory dataset"):
         load_splits(cfg)
+
+
+def test_imagenet_test_loader_never_scans_train(tmp_path: Path, monkeypatch) -> None:
+    from east.data import imagenet
+
+    write_imagenet(tmp_path, fmt="JPEG")
+    cfg = DataConfig("imagenet", root=str(tmp_path))
+    reference = _batches(build_loaders(cfg, batch_size=4, eval_batch_size=5, seed=0,
+                                       expected_classes=3, workers=0).test)
+    scanned: list[str] = []
+
+    def recording_scan(root, split):
+        scanned.append(split)
+        return scan_split(root, split)
+
+    monkeypatch.setattr(imagenet, "scan_split", recording_scan)
+    alone = _batches(build_test_loader(cfg, eval_batch_size=5, expected_classes=3))
+    assert scanned == ["val"]
+    assert [len(y) for _, y in alone] == [5, 1]
+    assert all(torch.equal(xa, xr) and torch.equal(ya, yr)
+               for (xa, ya), (xr, yr) in zip(alone, reference, strict=True))
 
 
 def test_imagenet_eval_pixels_and_resumable_train_stream(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ _LAZY = {
     "Loaders": "east.data.loader",
     "load_splits": "east.data.loader",
     "build_loaders": "east.data.loader",
+    "build_test_loader": "east.data.loader",
     "ImageFolderLoader": "east.data.imagenet",
     "validate_imagenet": "east.data.imagenet",
     "fetch": "east.data.fetch",

@@ -198,6 +198,16 @@ class ImageFolderLoader(PositionedLoader):
         self.epoch, self.batch = epoch + 1, 0
 
 
+def _loader_settings(info: DatasetInfo, *, seed: int, device: str | torch.device,
+                     workers: int, channels_last: bool, image_size: int | None,
+                     resize_size: int) -> dict[str, Any]:
+    return {
+        "mean": info.mean, "std": info.std, "device": device, "seed": seed,
+        "workers": workers, "channels_last": channels_last,
+        "image_size": image_size or info.image_size, "resize_size": resize_size,
+    }
+
+
 def build_imagenet_loaders(
     data_cfg: DataConfig,
     info: DatasetInfo,
@@ -219,11 +229,9 @@ def build_imagenet_loaders(
     labels = torch.tensor([label for _, label in pool], dtype=torch.int64)
     keep, held = stratified_holdout(labels.numpy(), info.val_size(data_cfg.val_fraction,
                                                                    pool=len(pool)))
-    common: dict[str, Any] = {
-        "mean": info.mean, "std": info.std, "device": device, "seed": seed,
-        "workers": workers, "channels_last": channels_last,
-        "image_size": image_size or info.image_size, "resize_size": resize_size,
-    }
+    common = _loader_settings(info, seed=seed, device=device, workers=workers,
+                              channels_last=channels_last, image_size=image_size,
+                              resize_size=resize_size)
 
     def evaluation(samples: list[tuple[str, int]]) -> ImageFolderLoader:
         return ImageFolderLoader(samples, batch_size=eval_batch_size, shuffle=False,
@@ -233,3 +241,24 @@ def build_imagenet_loaders(
                               augment=data_cfg.augment, drop_last=drop_last, **common)
     val = evaluation([pool[i] for i in held]) if len(held) else None
     return Loaders(train=train, val=val, test=evaluation(test), info=info)
+
+
+def build_imagenet_test_loader(
+    data_cfg: DataConfig,
+    info: DatasetInfo,
+    *,
+    eval_batch_size: int,
+    device: str | torch.device,
+    workers: int,
+    channels_last: bool,
+    expected_classes: int,
+    image_size: int | None = None,
+    resize_size: int = RESIZE_SIZE,
+) -> ImageFolderLoader:
+    """The test loader alone: scans val/ only, never the 1.28M files of train/."""
+    validate_imagenet(data_cfg.root, expected_classes=expected_classes)
+    common = _loader_settings(info, seed=0, device=device, workers=workers,
+                              channels_last=channels_last, image_size=image_size,
+                              resize_size=resize_size)
+    return ImageFolderLoader(scan_split(data_cfg.root, "val"), batch_size=eval_batch_size,
+                             shuffle=False, augment=False, **common)

@@ -335,17 +335,50 @@ def build_loaders(
             expected_classes=info.num_classes if expected_classes is None else expected_classes,
         )
     splits = load_splits(data_cfg, md5s=md5s)
-    common = {"mean": info.mean, "std": info.std, "device": device, "seed": seed,
-              "channels_last": channels_last}
-
-    def evaluation(split: TensorSplit) -> InMemoryLoader:
-        return InMemoryLoader(split.images, split.labels, batch_size=eval_batch_size,
-                              shuffle=False, augment=False, crop_padding=0, **common)
-
+    common = _in_memory_settings(info, seed=seed, device=device, channels_last=channels_last)
     train = InMemoryLoader(
         splits.train.images, splits.train.labels, batch_size=batch_size, shuffle=True,
         augment=data_cfg.augment, crop_padding=data_cfg.crop_padding, drop_last=drop_last,
         hflip=data_cfg.hflip, **common,
     )
-    val = evaluation(splits.val) if len(splits.val) else None
-    return Loaders(train=train, val=val, test=evaluation(splits.test), info=info)
+    val = _evaluation_loader(splits.val, eval_batch_size, common) if len(splits.val) else None
+    return Loaders(train=train, val=val, test=_evaluation_loader(splits.test, eval_batch_size,
+                                                                 common), info=info)
+
+
+def build_test_loader(
+    data_cfg: DataConfig,
+    *,
+    eval_batch_size: int,
+    device: str | torch.device = "cpu",
+    workers: int = 0,
+    channels_last: bool = False,
+    md5s: Mapping[str, str] | None = None,
+    expected_classes: int | None = None,
+) -> PositionedLoader:
+    """The test split's loader alone, for evaluation: the same batches as
+    ``build_loaders(...).test`` without building (for ImageNet: scanning) the training set."""
+    info = dataset_info(data_cfg.name)
+    if not info.in_memory:
+        from east.data.imagenet import build_imagenet_test_loader
+
+        return build_imagenet_test_loader(
+            data_cfg, info, eval_batch_size=eval_batch_size, device=device, workers=workers,
+            channels_last=channels_last,
+            expected_classes=info.num_classes if expected_classes is None else expected_classes,
+        )
+    splits = load_splits(data_cfg, md5s=md5s)
+    common = _in_memory_settings(info, seed=0, device=device, channels_last=channels_last)
+    return _evaluation_loader(splits.test, eval_batch_size, common)
+
+
+def _in_memory_settings(info: DatasetInfo, *, seed: int, device: str | torch.device,
+                        channels_last: bool) -> dict[str, Any]:
+    return {"mean": info.mean, "std": info.std, "device": device, "seed": seed,
+            "channels_last": channels_last}
+
+
+def _evaluation_loader(split: TensorSplit, eval_batch_size: int,
+                       common: dict[str, Any]) -> InMemoryLoader:
+    return InMemoryLoader(split.images, split.labels, batch_size=eval_batch_size,
+                          shuffle=False, augment=False, crop_padding=0, **common)
