@@ -368,7 +368,12 @@ def loop_settings(device: torch.device) -> Iterator[None]:
 class Trainer:
     """Trains one cell into ``out_dir`` (resuming from its checkpoints). ``run()`` returns a
     ``TrainOutcome``; user errors raise ``EastError``; a NaN/inf loss raises
-    ``NonFiniteLoss`` (exit 65)."""
+    ``NonFiniteLoss`` (exit 65).
+
+    ``max_steps`` stops, with a checkpoint, once the run has taken that many optimizer
+    steps in total (counted across resumes), unless the run is complete by then.
+    ``md5s`` is passed to the data layer (tests with generated CIFAR archives).
+    """
 
     def __init__(
         self,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,25 +37,10 @@ def read_cell(path: str | Path) -> CellConfig:
     return CellConfig.from_dict(raw, where=str(path))
 
 
-def train_cell(
-    cell: CellConfig,
-    out_dir: str | Path,
-    *,
-    device: str | None = None,
-    max_steps: int | None = None,
-    callbacks: Sequence[Any] = (),
-    progress: bool = True,
-    md5s: dict[str, str] | None = None,
-) -> TrainOutcome:
-    """Train (or resume, or recognise as done) one cell in ``out_dir``.
-
-    ``max_steps`` stops, with a checkpoint, once the run has taken that many optimizer
-    steps in total (counted across resumes), unless the run is complete by then.
-    ``md5s`` is passed to the data layer (tests with generated CIFAR archives).
-    """
-    trainer = Trainer(cell, out_dir, device=device, max_steps=max_steps, callbacks=callbacks,
-                      progress=progress, md5s=md5s)
-    return trainer.run()
+def train_cell(cell: CellConfig, out_dir: str | Path, **options: Any) -> TrainOutcome:
+    """Train (or resume, or recognise as done) one cell in ``out_dir``; ``options`` are
+    ``Trainer``'s keyword arguments (device, max_steps, callbacks, progress, md5s)."""
+    return Trainer(cell, out_dir, **options).run()
 
 
 def cmd_train(args: argparse.Namespace) -> int:
