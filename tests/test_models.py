@@ -148,6 +148,30 @@ def test_dyrelu_at_beta_zero_is_relu_bit_for_bit():
     assert act.fc1.weight.grad is None and act.fc2.weight.grad is None
 
 
+def test_dyrelu_in_place_at_beta_zero_matches_relu_in_a_network():
+    # In-place only after phase-out, and only where the ReLU baseline is in-place: the
+    # gradients of a whole ResNet equal those of its ReLU twin.
+    torch.manual_seed(0)
+    relu_net = build_model("resnet20", num_classes=10, in_channels=1)
+    dyrelu_net = build_model("resnet20", num_classes=10, in_channels=1, activation="dyrelu")
+    dyrelu_net.load_state_dict(relu_net.state_dict(), strict=False)
+    dyrelu_net.set_beta(0.0)
+    assert all(m.inplace for m in dyrelu_net.modules() if isinstance(m, DyReLUB))
+    x = torch.randn(4, 1, 8, 8)
+    grads = []
+    for net in (relu_net, dyrelu_net):
+        net.zero_grad()
+        net(x).logsumexp(1).sum().backward()
+        grads.append({n: p.grad for n, p in net.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    assert all(torch.equal(grads[0][n], grads[1][n]) for n in grads[0])
+    x_ref = torch.randn(2, 3, 4, 4)
+    act = DyReLUB(3, inplace=True)
+    act.set_beta(0.0)
+    x = x_ref.clone()
+    assert act(x) is x and torch.equal(x, torch.relu(x_ref))
+
+
 @pytest.mark.parametrize("beta", [1.0, 0.3])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_dyrelu_matches_reference(beta, channels_last, monkeypatch):

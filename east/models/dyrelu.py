@@ -156,12 +156,16 @@ class DyReLUB(nn.Module):
     ``beta`` is a persistent 0-dim buffer (so a saved model states which activation it was
     evaluated with) mirrored in a Python float, so that ``forward`` branches without a device
     sync. Change it only through ``set_beta``. It starts at 1.0, where EAST's schedule starts.
+    ``inplace`` applies to the beta == 0 path only, like ``nn.ReLU(inplace=True)``: the
+    ResNet places the module where its ReLU baseline is in-place, so after phase-out EAST
+    allocates what the ReLU network allocates.
     """
 
-    def __init__(self, channels: int, reduction: int = 4) -> None:
+    def __init__(self, channels: int, reduction: int = 4, *, inplace: bool = False) -> None:
         super().__init__()
         hidden = max(1, channels // reduction)
         self.channels = channels
+        self.inplace = inplace
         self.fc1 = nn.Linear(channels, hidden)
         self.fc2 = nn.Linear(hidden, 4 * channels)
         self.register_buffer("beta", torch.ones(()))
@@ -180,10 +184,12 @@ class DyReLUB(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self._beta == 0.0:
-            return torch.relu(x)  # exactly ReLU, no hyper-function work
+            # Exactly ReLU, no hyper-function work.
+            return torch.relu_(x) if self.inplace else torch.relu(x)
         return _DyReLUBFunction.apply(
             x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, self._beta
         )
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, hidden={self.fc1.out_features}, beta={self._beta}"
+        return (f"channels={self.channels}, hidden={self.fc1.out_features}, "
+                f"beta={self._beta}, inplace={self.inplace}")

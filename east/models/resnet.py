@@ -30,7 +30,7 @@ def _activation_factory(kind: str) -> ActivationFactory:
     if kind == "relu":
         return lambda channels: nn.ReLU(inplace=True)
     if kind == "dyrelu":
-        return lambda channels: DyReLUB(channels)
+        return lambda channels: DyReLUB(channels, inplace=True)
     raise ValueError(f"unknown activation {kind!r}; expected one of {ACTIVATIONS}")
 
 
