@@ -34,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from east.archs import KNOWN_ARCHS, shared_blocks
 from east.config import (
     CellConfig,
     DataConfig,
@@ -45,10 +46,6 @@ from east.config import (
 from east.data.registry import DATASETS
 from east.errors import EastError
 from east.sparsity.presets import METHODS, PRESETS, resolve_sparsity
-
-# The architectures east.models builds. Kept here so that validation stays torch-free;
-# tests/test_grid.py checks it equals east.models.ARCHS.
-KNOWN_ARCHS: tuple[str, ...] = ("resnet18", "resnet34", "resnet50", "resnet20")
 
 DEFAULT_GRIDS: tuple[str, ...] = ("params/demo.yaml",)
 DEFAULTS_PATH = "params/defaults.yaml"
@@ -666,6 +663,22 @@ def check_grids(
     return cells, errors.lines
 
 
+def grid_notes(cells: Iterable[GridCell]) -> list[str]:
+    """Valid but probably unintended settings, one line per (row, arch): a row that asks
+    for in-stage sharing on a network where no stage has more than R blocks trains exactly
+    as it would without sharing."""
+    notes: dict[tuple[str, str, str], str] = {}
+    for cell in cells:
+        ratio = cell.config.sharing_ratio
+        if ratio is None or shared_blocks(cell.arch, ratio):
+            continue
+        notes.setdefault((cell.file, cell.row, cell.arch), (
+            f"{cell.file}:{cell.row}: sharing: no effect on {cell.arch} (no stage has more "
+            f"than R = {ratio} blocks), so these cells train as without sharing"
+        ))
+    return list(notes.values())
+
+
 def load_grids(
     paths: Sequence[str | Path] | None = None,
     *,
@@ -723,8 +736,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     runs = unique_runs(cells)
     print(
         f"{', '.join(files)}: OK: {len(rows)} rows, {len(cells)} cells, "
-        f"{len(runs)} distinct runs"
+        f"{len(runs)} distinct runs", flush=True,
     )
+    for note in grid_notes(cells):
+        print(f"east: note: {note}", file=sys.stderr)
     return 0
 
 

@@ -13,15 +13,16 @@ import pytest
 import yaml
 from pipeline_helpers import expected_cells
 
+from east.archs import KNOWN_ARCHS, STAGE_BLOCKS, shared_blocks
 from east.cli import main
 from east.config import CellConfig, TrainConfig
 from east.grid import (
     FILE_DEFAULT_KEYS,
-    KNOWN_ARCHS,
     ROW_KEYS,
     GridError,
     cell_file_config,
     check_grids,
+    grid_notes,
     load_grids,
     unique_runs,
 )
@@ -73,9 +74,34 @@ BASE_ROW = {"name": "r", "method": "static", "arch": "resnet20", "dataset": "dig
 
 
 def test_known_archs_match_the_model_registry() -> None:
-    from east.models import ARCHS
+    from east.models import ARCHS, build_model
 
     assert set(KNOWN_ARCHS) == set(ARCHS)
+    for arch in KNOWN_ARCHS:
+        model = build_model(arch, num_classes=10, in_channels=3)
+        stages = [len(getattr(model, f"layer{i}")) for i in range(1, 5)
+                  if hasattr(model, f"layer{i}")]
+        assert tuple(stages) == STAGE_BLOCKS[arch]
+        shared = build_model(arch, num_classes=10, in_channels=3, sharing_ratio=2)
+        saved = shared.weight_counts().n_full - shared.weight_counts().n_unique
+        assert (saved > 0) == (shared_blocks(arch, 2) > 0)
+
+
+def test_sharing_that_shares_nothing_is_noted_once_per_row(tmp_path: Path,
+                                                            defaults: str) -> None:
+    rows = [{**BASE_ROW, "name": "east18", "method": "east", "arch": ["resnet18", "resnet20"],
+             "sparsity": [0.9, 0.99], "seeds": [0, 1]},
+            {**BASE_ROW, "name": "rigl18", "method": "rigl", "arch": "resnet18"},
+            {**BASE_ROW, "name": "east34", "method": "east", "arch": "resnet34"}]
+    cells, errors = check_grids([grid(tmp_path, rows)], defaults_path=defaults)
+    assert not errors and len(cells) == 10
+    shown = str(tmp_path / "g.yaml")
+    assert grid_notes(cells) == [
+        f"{shown}:east18: sharing: no effect on resnet18 (no stage has more than R = 2 "
+        "blocks), so these cells train as without sharing"
+    ]
+    assert [shared_blocks(a, 2) for a in ("resnet18", "resnet34", "resnet50", "resnet20")] == [
+        0, 8, 8, 3]
 
 
 def test_grid_module_imports_without_torch() -> None:
@@ -443,6 +469,13 @@ def test_grid_check_command(
         f"{bad}:r: method: unknown method 'nope' (known: {', '.join(METHODS)})",
         f"{bad}:q: sparsity: 2 is out of range [0, 1)",
         f"east: error: 2 errors in {bad}",
+    ]
+    assert main(["grid", "check", "params/cpu-paper.yaml"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.endswith(": OK: 8 rows, 72 cells, 72 distinct runs\n")
+    assert [line.split(": sharing: ")[0] for line in captured.err.splitlines()] == [
+        "east: note: params/cpu-paper.yaml:cpu-east",
+        "east: note: params/cpu-paper.yaml:cpu-ablation-sharing",
     ]
 
 

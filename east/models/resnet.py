@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from east.archs import STAGE_BLOCKS
+
 from .dyrelu import DyReLUB
 from .export import torchvision_state_dict
 from .sharing import SharedConv2d, WeightCounts
@@ -137,10 +139,10 @@ class ArchSpec:
 
 
 REGISTRY: dict[str, ArchSpec] = {
-    "resnet18": ArchSpec(BasicBlock, (2, 2, 2, 2), (64, 128, 256, 512), True),
-    "resnet34": ArchSpec(BasicBlock, (3, 4, 6, 3), (64, 128, 256, 512), True),
-    "resnet50": ArchSpec(Bottleneck, (3, 4, 6, 3), (64, 128, 256, 512), True),
-    "resnet20": ArchSpec(BasicBlock, (3, 3, 3), (16, 32, 64), False),
+    "resnet18": ArchSpec(BasicBlock, STAGE_BLOCKS["resnet18"], (64, 128, 256, 512), True),
+    "resnet34": ArchSpec(BasicBlock, STAGE_BLOCKS["resnet34"], (64, 128, 256, 512), True),
+    "resnet50": ArchSpec(Bottleneck, STAGE_BLOCKS["resnet50"], (64, 128, 256, 512), True),
+    "resnet20": ArchSpec(BasicBlock, STAGE_BLOCKS["resnet20"], (16, 32, 64), False),
 }
 ARCHS: tuple[str, ...] = tuple(REGISTRY)
 

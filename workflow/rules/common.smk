@@ -16,7 +16,13 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from east.grid import DEFAULTS_PATH, cell_file_config, check_grids, unique_runs
+from east.grid import (
+    DEFAULTS_PATH,
+    cell_file_config,
+    check_grids,
+    grid_notes,
+    unique_runs,
+)
 from east.io import atomic_write_json
 
 
@@ -88,6 +94,12 @@ def _load_cells():
 
 CELLS = _load_cells()
 RUNS = unique_runs(CELLS)
+
+
+onstart:
+    # Once, where Snakemake runs (not in every cluster job that re-reads this file).
+    for note in grid_notes(CELLS):
+        print(f"east: note: {note}", file=sys.stderr)
 
 
 def cell_of(wildcards):
