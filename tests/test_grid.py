@@ -30,7 +30,8 @@ from east.sparsity.presets import METHODS, PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params"
-SHIPPED = ("demo.yaml", "paper.yaml", "ablations.yaml", "imagenet.yaml", "cpu-paper.yaml")
+SHIPPED = ("demo.yaml", "paper.yaml", "ablations.yaml", "imagenet.yaml", "cpu-paper.yaml",
+           "cpu-paper-long.yaml")
 
 # A defaults file in which every layer sets something the next layer may override.
 DEFAULTS = {
@@ -128,6 +129,22 @@ def test_shipped_grids_expand_to_the_rows_product(name: str) -> None:
     for cell in cells:
         assert cell.run_dir == f"results/runs/{cell.config.cell_id()}/seed{cell.seed}"
         assert cell.file == str(path)
+
+
+def test_the_long_diagnosis_differs_from_cpu_paper_only_in_length() -> None:
+    defaults = PARAMS / "defaults.yaml"
+    paper = load_grids([str(PARAMS / "cpu-paper.yaml")], defaults_path=defaults)
+    short = {(c.method, c.sparsity, c.seed): cell_file_config(c.config).to_dict()
+             for c in paper if c.row in ("cpu-rigl", "cpu-east")}
+    long = load_grids([str(PARAMS / "cpu-paper-long.yaml")], defaults_path=defaults)
+    assert [(c.method, c.sparsity, c.seed) for c in long] == [("rigl", 0.9995, 0),
+                                                              ("east", 0.9995, 0)]
+    for cell in long:
+        mine = cell_file_config(cell.config).to_dict()
+        theirs = short[(cell.method, cell.sparsity, cell.seed)]
+        assert (mine["train"]["epochs"], theirs["train"]["epochs"]) == (60, 20)
+        mine["train"]["epochs"] = 20
+        assert mine == theirs
 
 
 def test_paper_and_ablations_share_the_rigl_and_east_runs() -> None:
