@@ -31,7 +31,7 @@ from east.sparsity.presets import METHODS, PRESETS
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params"
 SHIPPED = ("demo.yaml", "paper.yaml", "ablations.yaml", "imagenet.yaml", "cpu-paper.yaml",
-           "cpu-paper-long.yaml")
+           "cpu-paper-long.yaml", "cpu-paper-sharing.yaml")
 
 # A defaults file in which every layer sets something the next layer may override.
 DEFAULTS = {
