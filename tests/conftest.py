@@ -14,7 +14,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
+def one_thread() -> Iterator[None]:
     """Tiny models on a shared 2-core machine: a second thread only adds contention. Tests
     that change the thread count get it restored."""
     import torch

@@ -22,8 +22,6 @@ from east.data.splits import allocate, stratified_holdout
 from east.data.transforms import random_resized_crop_box, train_image
 from east.errors import EastError
 
-torch.set_num_threads(1)
-
 CIFAR_MEAN = registry.DATASETS["cifar10"].mean
 CIFAR_STD = registry.DATASETS["cifar10"].std
 

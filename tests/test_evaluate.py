@@ -150,15 +150,6 @@ CONTRACT_KEYS = {
 RESNET20_DIGITS_MACS = (9216 + 884736 + 73728 + 737280 + 8192 + 73728 + 737280 + 8192 + 640)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread (the shared 2-core machine is oversubscribed otherwise)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_evaluate_a_trained_cell(tmp_path, one_thread, capsys) -> None:
     from train_helpers import make_cell, write_cell
 

@@ -11,9 +11,6 @@ from torch import nn
 from east.models import ARCHS, DyReLUB, SharedConv2d, WeightCounts, build_model
 from east.models import dyrelu as dyrelu_mod
 
-torch.set_num_threads(2)
-
-
 # --- counts (the spec's table) -------------------------------------------------------------
 
 SPEC_TABLE = [

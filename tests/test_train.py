@@ -35,16 +35,6 @@ from east.train.run import train_cell
 STEPS_PER_EPOCH = 21  # digits: 1,294 training images in batches of 64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: bit-identical results across processes, and no OpenMP
-    oversubscription on the shared 2-core machine (2 threads there run ~50x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _train_cfg(**kw) -> TrainConfig:
     return build_section(TrainConfig, {"epochs": 10, **kw}, "train")
 

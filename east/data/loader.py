@@ -342,8 +342,8 @@ def build_loaders(
         hflip=data_cfg.hflip, **common,
     )
     val = _evaluation_loader(splits.val, eval_batch_size, common) if len(splits.val) else None
-    return Loaders(train=train, val=val, test=_evaluation_loader(splits.test, eval_batch_size,
-                                                                 common), info=info)
+    test = _evaluation_loader(splits.test, eval_batch_size, common)
+    return Loaders(train=train, val=val, test=test, info=info)
 
 
 def build_test_loader(

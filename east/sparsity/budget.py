@@ -182,7 +182,7 @@ def model_counts(model: Any, masked: Mapping[str, Any]) -> WeightCounts:
         raise AssertionError(
             f"weight_counts().n_unique={wc.n_unique} but masked_parameters() hold {n_unique}"
         )
-    return WeightCounts(int(wc.n_full), int(wc.n_unique), int(wc.n_shared))
+    return wc
 
 
 def masked_parameters(model: Any) -> dict[str, Any]:

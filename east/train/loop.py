@@ -345,7 +345,6 @@ def save_state_dict(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda handle: torch.save(state, handle))
 
 
-
 @contextlib.contextmanager
 def loop_settings(device: torch.device) -> Iterator[None]:
     """The global torch settings of a training run, restored on exit: deterministic
