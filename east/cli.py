@@ -56,12 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--root", default="data")
     fetch.set_defaults(func=_lazy("east.data.fetch:cmd_fetch"))
 
-    train = sub.add_parser("train", help="train one cell (resumes from DIR's checkpoints)")
+    train = sub.add_parser(
+        "train", help="train one cell (resumes from DIR's checkpoints)",
+        epilog="exit codes: 0 done, already done or stopped at --max-steps; 2 user error; "
+        "73 DIR is locked by another process (--if-locked fail); "
+        "75 pre-empted (SIGTERM/SIGUSR1; run again to resume)",
+    )
     train.add_argument("cell", help="the cell's resolved config (cell.json)")
     train.add_argument("--out", required=True, help="the cell's run directory")
     train.add_argument("--device", default=None, help="override the config: cpu, cuda, cuda:1")
     train.add_argument("--max-steps", type=int, default=None,
                        help="stop (with a checkpoint) after this many steps: for tests/profiling")
+    train.add_argument("--if-locked", choices=("fail", "wait"), default="fail",
+                       help="when another process trains DIR: fail at once naming it (exit "
+                       "73; default) or wait until it ends, then resume or find DIR done")
     train.set_defaults(func=_lazy("east.train.run:cmd_train"))
 
     evaluate = sub.add_parser("evaluate", help="evaluate a trained cell into metrics.json")

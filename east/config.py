@@ -20,7 +20,18 @@ from typing import Any, ClassVar, Union
 
 from east.errors import EastError
 
-SCHEMA_VERSION = 1
+# Version 2 (the fidelity fixes): gradient clipping over the dense gradient, regrowth of
+# just-dropped weights, PyTorch's default conv init, drop-fraction decay over the whole run.
+SCHEMA_VERSION = 2
+# What a version-1 cell.json meant for the fields version 2 added: reading an old cell
+# fills these in, so an old run directory keeps describing what it computed.
+SCHEMA_UPGRADES: dict[int, dict[str, dict[str, Any]]] = {
+    1: {
+        "train": {"grad_clip_scope": "masked"},
+        "model": {"conv_init": "kaiming_fan_out"},
+        "sparsity": {"regrow_dropped": False},
+    },
+}
 
 # A schedule point: int = iterations, or a string of +/- terms "<x>ep", "<x>%", "<x>it".
 Duration = Union[int, str]  # noqa: UP007 (kept as a named alias for the type check below)
@@ -78,6 +89,11 @@ class DataConfig:
 class ModelConfig:
     arch: str
     stem: str = "cifar"
+    # "pytorch": nn.Conv2d's own init (kaiming-uniform, a = √5), as the authors' trainer;
+    # "kaiming_fan_out": torchvision's ResNet init (He-normal, fan_out).
+    conv_init: str = "pytorch"
+
+    CONV_INITS: ClassVar[tuple[str, ...]] = ("pytorch", "kaiming_fan_out")
 
 
 @dataclass(frozen=True)
@@ -95,6 +111,9 @@ class TrainConfig:
     warmup: Duration = 0
     label_smoothing: float = 0.0
     grad_clip: float | None = 1.0
+    # "dense": the clip factor comes from the gradient backward produced, pruned positions
+    # included (the authors' trainer clips before masking); "masked": from the masked one.
+    grad_clip_scope: str = "dense"
     precision: str = "auto"
     # Not semantic: how the run is executed and observed, not what it computes.
     channels_last: str = "auto"
@@ -103,9 +122,13 @@ class TrainConfig:
     checkpoint_minutes: float = 10.0
     workers: int = 8
     eval_batch_size: int = 1024
+    # CPU threads of the training process (None: torch's default). Not semantic, but CPU
+    # results depend on it (float summation order): summary.json records what ran.
+    threads: int | None = None
 
     LR_SCHEDULES: ClassVar[tuple[str, ...]] = ("multistep", "cosine", "onecycle", "constant")
     PRECISIONS: ClassVar[tuple[str, ...]] = ("auto", "fp32", "bf16")
+    GRAD_CLIP_SCOPES: ClassVar[tuple[str, ...]] = ("dense", "masked")
 
 
 @dataclass(frozen=True)
@@ -119,9 +142,14 @@ class SparsityConfig:
     drop: str = "none"
     grow: str = "none"
     update_interval: Duration = 100
-    update_end: Duration = "75%"
+    # The drop fraction decays to 0 over [0, update_end]; the authors decay it over the
+    # whole run (RigL's paper: 75 %).
+    update_end: Duration = "100%"
     drop_fraction: float = 0.5
     drop_schedule: str = "cosine"
+    # Whether a weight dropped by an update may be regrown by the same update (then it
+    # keeps its value and optimizer state): RigL's and the authors' code allow it.
+    regrow_dropped: bool = True
     prune_start: Duration = 0
     prune_end: Duration = "75%"
     prune_interval: Duration = 100
@@ -147,7 +175,8 @@ NON_SEMANTIC: dict[str, frozenset[str]] = {
     "data": frozenset({"root"}),
     "model": frozenset(),
     "train": frozenset(
-        {"channels_last", "device", "log_every", "checkpoint_minutes", "workers", "eval_batch_size"}
+        {"channels_last", "device", "log_every", "checkpoint_minutes", "workers", "eval_batch_size",
+         "threads"}
     ),
     "sparsity": frozenset(),
 }
@@ -241,6 +270,21 @@ def _section_dict(section: Any) -> dict[str, Any]:
     return out
 
 
+def upgrade_cell_dict(raw: dict[str, Any]) -> dict[str, Any]:
+    """An older cell dict rewritten to the current schema: the fields added since its
+    version get the values that reproduce what that version computed."""
+    version = raw.get("schema_version", SCHEMA_VERSION)
+    if version == SCHEMA_VERSION:
+        return raw
+    out = dict(raw)
+    for old in sorted(v for v in SCHEMA_UPGRADES if v >= version):
+        for section, values in SCHEMA_UPGRADES[old].items():
+            if isinstance(out.get(section), dict):
+                out[section] = {**values, **out[section]}
+    out["schema_version"] = SCHEMA_VERSION
+    return out
+
+
 @dataclass(frozen=True)
 class CellConfig:
     """One cell: a resolved method configuration on one (arch, dataset, sparsity, seed)."""
@@ -262,11 +306,12 @@ class CellConfig:
         if unknown:
             raise EastError(f"{where}.{unknown[0]}: unknown key")
         version = raw.get("schema_version", SCHEMA_VERSION)
-        if version != SCHEMA_VERSION:
+        if version != SCHEMA_VERSION and version not in SCHEMA_UPGRADES:
             raise EastError(
                 f"{where}.schema_version: {version!r} is not supported (this east reads "
-                f"{SCHEMA_VERSION})"
+                f"{', '.join(str(v) for v in (*SCHEMA_UPGRADES, SCHEMA_VERSION))})"
             )
+        raw = upgrade_cell_dict(raw)
         for key in ("row", "seed", *SECTIONS):
             if key not in raw:
                 raise EastError(f"{where}.{key}: missing required key")

@@ -221,7 +221,8 @@ def _run(
     for name in sorted(all_users):
         handles.append(model.get_submodule(name).register_forward_hook(hook(name)))
     try:
-        x = torch.ones((1, *input_shape), dtype=torch.float64)
+        first = next(model.parameters())
+        x = torch.ones((1, *input_shape), dtype=first.dtype, device=first.device)
         out = model(x)
     finally:
         for handle in handles:
@@ -309,28 +310,41 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...]) -> Analysis:
     return Analysis(layers, n_params, nnz_params, n_full, effective_masks)
 
 
-def training_flops(
-    flops_final: float,
-    flops_dense: float,
-    epochs: list[tuple[float, int]],
-    density_final: float,
-) -> float:
-    """Training FLOPs ≈ Σ over epochs of 3 · f(e) · examples(e) (Evci et al. 2020, RigL,
-    appendix H: a training step costs a forward pass plus a backward pass of twice its
-    cost, all sparse).
+def flops_per_weight(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """Forward FLOPs per example that one non-zero weight of each masked tensor costs: the
+    sum over the modules using it of 2·H_out·W_out (conv) or 2 (linear). So a forward pass
+    with ``nnz[name]`` active weights costs Σ coefficient·nnz (the spec's accounting), and
+    the dense one Σ coefficient·numel. ``input_shape`` is one example's shape."""
+    masked = masked_parameters(model)
+    names = list(masked)
+    users = shared_users(model, names)
+    # Only shapes are read: a model on the meta device (no memory, no RNG) will do.
+    clone = copy.deepcopy(model).eval()
+    for module in clone.modules():
+        module._forward_hooks.clear()
+        module._forward_pre_hooks.clear()
+    if hasattr(clone, "set_beta"):
+        clone.set_beta(0.0)
+    weights = dict(clone.named_parameters())
+    owner_of_user = {u: name for name, us in users.items() for u in us}
+    positions: dict[str, int] = {}
 
-    ``epochs`` is [(density at the end of epoch e, examples seen in epoch e)]. The per-
-    example inference cost of an epoch is scaled from the final one by density,
-    f(e) = min(f_dense, f_final · d(e)/d_final): exact while the per-layer counts are
-    fixed (static, SET, RigL), an approximation for methods whose density moves (GMP,
-    cyclic). RigL's occasional dense-gradient step (one every ΔT steps, adding
-    (f_dense − f_sparse)/ΔT per step, < 1 % at ΔT >= 100) is not counted.
-    """
-    total = 0.0
-    for density, examples in epochs:
-        if density_final > 0:
-            per_example = min(flops_dense, flops_final * density / density_final)
-        else:
-            per_example = flops_final
-        total += 3.0 * per_example * examples
+    def record_output(user: str, y: Tensor) -> None:
+        positions[user] = y[0].numel() // weights[owner_of_user[user]].shape[0]
+
+    with torch.no_grad():
+        _run(clone, users, input_shape, None, record_output)
+    return {name: sum(2 * positions[u] for u in users[name]) for name in names}
+
+
+def dyrelu_flops(model: nn.Module) -> int:
+    """Forward FLOPs per example of every DyReLU-B coefficient branch (its two dense FC
+    layers, 2·in·out each; pooling, biases and the piecewise max are not counted, as for
+    every other activation). Zero for a ReLU network; spent only while β > 0."""
+    from east.models.dyrelu import DyReLUB
+
+    total = 0
+    for module in model.modules():
+        if isinstance(module, DyReLUB):
+            total += 2 * (module.fc1.weight.numel() + module.fc2.weight.numel())
     return total

@@ -101,6 +101,11 @@ _VALUE_CHECKS: dict[str, dict[str, Check]] = {
         "lr_gamma": (lambda v: v > 0, "must be > 0"),
         "label_smoothing": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
         "grad_clip": (lambda v: v is None or v > 0, "must be > 0 or null (no clipping)"),
+        "grad_clip_scope": (
+            lambda v: v in TrainConfig.GRAD_CLIP_SCOPES,
+            f"must be one of {', '.join(TrainConfig.GRAD_CLIP_SCOPES)}",
+        ),
+        "threads": (lambda v: v is None or v >= 1, "must be >= 1 or null (torch's default)"),
         "precision": (
             lambda v: v in TrainConfig.PRECISIONS,
             f"must be one of {', '.join(TrainConfig.PRECISIONS)}",
@@ -117,6 +122,10 @@ _VALUE_CHECKS: dict[str, dict[str, Check]] = {
     },
     "model": {
         "stem": (lambda v: v in ("cifar", "imagenet"), "must be one of cifar, imagenet"),
+        "conv_init": (
+            lambda v: v in ModelConfig.CONV_INITS,
+            f"must be one of {', '.join(ModelConfig.CONV_INITS)}",
+        ),
     },
 }
 

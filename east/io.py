@@ -45,3 +45,39 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def torch_load(path: str | os.PathLike[str], *, what: str = "file") -> Any:
+    """``torch.load`` of a file east wrote (tensors and plain values only), on the CPU.
+
+    Every failure is one ``EastError`` line naming the file: missing, truncated or garbled,
+    or holding pickled objects other than tensors (code could run on load, so east refuses
+    it instead of passing on torch's advice to retry with ``weights_only=False``).
+    """
+    import pickle
+
+    import torch
+
+    from east.errors import EastError
+
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise EastError(f"{path}: {what} is missing") from None
+    except pickle.UnpicklingError as error:
+        # A global (class, function) in the pickle stream is what weights_only refuses.
+        if "Unsupported global" in str(error):
+            raise EastError(
+                f"{path}: {what} holds objects other than tensors; refusing to load"
+            ) from None
+        raise EastError(f"{path}: {what} is not a torch file east wrote (corrupt or "
+                        "another format)") from None
+    except Exception as error:  # torch raises several types for truncated or garbled zips
+        raise EastError(f"{path}: {what} is not readable ({_first_line(error)})") from None
+
+
+def _first_line(error: BaseException) -> str:
+    """The first sentence of an error's message (torch's run to several paragraphs)."""
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return line.split(". ")[0].rstrip(".")

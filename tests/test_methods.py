@@ -114,7 +114,9 @@ DYNAMIC_CASES = [
 
 @pytest.mark.parametrize(("method", "knobs"), DYNAMIC_CASES)
 def test_updates_disjoint_and_grown_zero(method: str, knobs: dict[str, Any]) -> None:
-    model, sp, opt = make(method, update_interval=4, update_end="100%", **knobs)
+    # The spec's reading (regrow_dropped: false): drop and grow sets are disjoint.
+    model, sp, opt = make(method, update_interval=4, update_end="100%", regrow_dropped=False,
+                          **knobs)
     sp.initialize(model, [], None)
     events: list[tuple[str, str, torch.Tensor]] = []
     sp.on_change = lambda name, kind, changed: events.append((name, kind, changed.clone()))
@@ -147,7 +149,7 @@ def test_updates_disjoint_and_grown_zero(method: str, knobs: dict[str, Any]) -> 
 
 
 def test_rigl_drops_smallest_and_grows_largest_gradient() -> None:
-    model, sp, opt = make("rigl", update_interval=4, update_end="100%")
+    model, sp, opt = make("rigl", update_interval=4, update_end="100%", regrow_dropped=False)
     sp.initialize(model, [], None)
     seen = []
 
@@ -171,7 +173,8 @@ def test_rigl_drops_smallest_and_grows_largest_gradient() -> None:
 
 
 def test_set_grows_at_random_mest_drops_by_weight_and_gradient() -> None:
-    model, sp, opt = make("mest", update_interval=4, update_end="100%", mest_lambda=2.0)
+    model, sp, opt = make("mest", update_interval=4, update_end="100%", mest_lambda=2.0,
+                          regrow_dropped=False)
     sp.initialize(model, [], None)
 
     def on_update(step: int, before: dict, weights: list, grads: Any) -> None:
@@ -184,6 +187,97 @@ def test_set_grows_at_random_mest_drops_by_weight_and_gradient() -> None:
 
     train(model, sp, opt, range(8), on_update)
     assert sp.updates == 2
+
+
+def _rigl_reference(old: torch.Tensor, w: torch.Tensor, g: torch.Tensor,
+                    f: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RigL's update with regrowth, written out independently: drop the k smallest |w| of
+    the active weights, then grow the k largest |grad| among all inactive ones, just-dropped
+    included (random float scores: no ties). Returns (new mask, dropped, grown)."""
+    flat_old, aw, ag = old.reshape(-1), w.abs().reshape(-1), g.abs().reshape(-1)
+    active = int(flat_old.sum())
+    k = min(math.ceil(f * active), active)
+    order = sorted(range(flat_old.numel()), key=lambda j: float(aw[j]))
+    dropped_idx = [j for j in order if flat_old[j]][:k]
+    after_drop = flat_old.clone()
+    after_drop[dropped_idx] = False
+    candidates = sorted((j for j in range(flat_old.numel()) if not after_drop[j]),
+                        key=lambda j: -float(ag[j]))
+    grown_idx = candidates[:k]
+    new = after_drop.clone()
+    new[grown_idx] = True
+    dropped = torch.zeros_like(flat_old)
+    dropped[dropped_idx] = True
+    grown = torch.zeros_like(flat_old)
+    grown[grown_idx] = True
+    return new.view(old.shape), dropped.view(old.shape), grown.view(old.shape)
+
+
+def test_rigl_regrowth_matches_reference_and_keeps_regrown_weights() -> None:
+    """The default (RigL's and the authors' code): a weight dropped by an update may be
+    regrown by it, and then keeps its value and momentum; newly grown ones start at 0."""
+    model, sp, opt = make("rigl", update_interval=4, update_end="100%")
+    assert sp.cfg.regrow_dropped
+    sp.initialize(model, [], None)
+    regrown_total = 0
+
+    def on_update(step: int, before: dict, weights: list, grads: Any) -> None:
+        nonlocal regrown_total
+        f = sp.rules[-1].fraction(step + 1)
+        for i, name in enumerate(sp.names):
+            old, p = before[name], sp.params[i]
+            expected, dropped, grown = _rigl_reference(old, weights[i], grads.by_layer[i], f)
+            assert torch.equal(sp.masks[name], expected), name
+            regrown, fresh = dropped & grown, grown & ~old
+            stayed = old & expected
+            assert torch.equal(p.detach()[stayed], weights[i][stayed])  # regrown included
+            assert torch.all(p.detach()[fresh] == 0) and torch.all(p.detach()[~expected] == 0)
+            momentum = opt.state[p]["momentum_buffer"]
+            assert torch.all(momentum[fresh] == 0) and torch.all(momentum[~expected] == 0)
+            assert torch.all(momentum[regrown] == momentum_before[i][regrown])
+            regrown_total += int(regrown.sum())
+
+    momentum_before: list[torch.Tensor] = []
+
+    def remember(step: int) -> None:
+        momentum_before[:] = [opt.state[p]["momentum_buffer"].clone() for p in sp.params]
+
+    for step in range(12):
+        model.set_beta(sp.beta(step))
+        x, y = batch(step)
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        sp.after_backward(step)
+        opt.step()
+        before = {n: m.clone() for n, m in sp.masks.items()}
+        weights = [p.detach().clone() for p in sp.params]
+        remember(step)
+        grads, updates = sp._grads, sp.updates
+        sp.after_step(step, opt)
+        if sp.updates != updates:
+            on_update(step, before, weights, grads)
+    assert sp.updates == 3
+    assert regrown_total > 0  # the case this test is about did occur
+    assert sp.last_update["drop_grow.regrown"] >= 0
+
+
+@pytest.mark.parametrize("method", ["set", "mest", "granet", "east"])
+def test_regrowth_default_keeps_budgets_and_fresh_weights_zero(method: str) -> None:
+    knobs = {"granet": {"prune_interval": 4, "prune_end": 16},
+             "east": {"cycle_length": 6, "cycle_interval": 2}}.get(method, {})
+    model, sp, opt = make(method, update_interval=4, update_end="100%", **knobs)
+    sp.initialize(model, [], None)
+
+    def on_update(step: int, before: dict, weights: list, grads: Any) -> None:
+        for i, name in enumerate(sp.names):
+            old, new, p = before[name], sp.masks[name], sp.params[i]
+            assert int(new.sum()) == sp.budgets[name]
+            assert torch.equal(p.detach()[old & new], weights[i][old & new])
+            assert torch.all(p.detach()[~new] == 0) and torch.all(p.detach()[new & ~old] == 0)
+
+    train(model, sp, opt, range(24), on_update)
+    assert sp.updates >= 3
+    assert sum(int(m.sum()) for m in sp.masks.values()) == sp.base_total
 
 
 def test_cyclic_densities_follow_the_schedule() -> None:

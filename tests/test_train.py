@@ -281,7 +281,7 @@ def test_another_cells_directory_is_refused(tmp_path, capsys) -> None:
     assert snapshot(out) == before
 
 
-def test_non_finite_loss_exits_65_and_keeps_the_good_checkpoints(tmp_path, capsys) -> None:
+def test_divergence_is_a_result_and_keeps_the_good_checkpoints(tmp_path, capsys) -> None:
     # lr jumps by 1e30 at step 6: the weights blow up right after.
     cell = make_cell(epochs=1, train={"lr_schedule": "multistep", "lr_milestones": [6],
                                       "lr_gamma": 1e30, "grad_clip": None,
@@ -289,22 +289,25 @@ def test_non_finite_loss_exits_65_and_keeps_the_good_checkpoints(tmp_path, capsy
     path = write_cell(tmp_path, cell)
     out = tmp_path / "run"
     capsys.readouterr()
-    assert cli.main(["train", str(path), "--out", str(out)]) == 65
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "non-finite training loss" in err
+    assert cli.main(["train", str(path), "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert printed.out.count("\n") == 1 and "diverged" in printed.out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "diverged"
+    where = summary["diverged"]
     kept = ckpt.list_checkpoints(out)
-    assert kept and kept[-1][0] <= 7
+    assert kept and kept[-1][0] <= where["step"] <= 8
+    # The last finite loss was seen at or before the step where divergence was found.
+    assert 1 <= where["last_finite_step"] <= where["step"]
+    assert where["last_finite_loss"] is not None and math.isfinite(where["last_finite_loss"])
     state = ckpt.load_latest(out).state
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
-    assert not (out / "summary.json").exists() and not (out / "model.pt").exists()
-    # Running again fails the same way and loses nothing.
+    assert not (out / "model.pt").exists() and not (out / "best.pt").exists()
+    # A result: running again trains nothing and changes nothing.
     before = snapshot(out)
-    assert cli.main(["train", str(path), "--out", str(out)]) == 65
-    after = snapshot(out)
-    assert set(before) <= set(after)
-    assert all(after[name] == data for name, data in before.items()
-               if not name.startswith("checkpoints/"))
-    assert ckpt.load_latest(out).step == kept[-1][0]
+    assert cli.main(["train", str(path), "--out", str(out)]) == 0
+    assert "already trained" in capsys.readouterr().out
+    assert snapshot(out) == before
 
 
 def test_progress_lines_without_a_tty(tmp_path, capsys) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from east.config import CellConfig, DataConfig, ModelConfig, TrainConfig, build_section
+from east.rundir import LOCK_FILE
 from east.sparsity.presets import resolve_sparsity
 from east.train.history import read_history, without_timing
 
@@ -80,13 +81,22 @@ def start_east(*args: str) -> subprocess.Popen[str]:
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder`` (relative path -> bytes)."""
+    """Every file under ``folder`` (relative path -> bytes), except the run lock ``.lock``
+    (created by any ``east train`` before it reads the directory: the one write allowed to
+    a failing start). Never call it while this process holds that lock: reading the file
+    (open + close) would drop the process's POSIX lock."""
     return {str(p.relative_to(folder)): p.read_bytes()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != LOCK_FILE}
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """The state_dict of a model file (model.pt / best.pt)."""
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def load_meta(path: Path) -> dict[str, Any]:
+    """What a model file records of its model (epoch, step, beta, nnz, val_acc, selection)."""
+    return torch.load(path, map_location="cpu", weights_only=True)["meta"]
 
 
 def assert_same_run(a: Path, b: Path) -> None:
@@ -99,6 +109,7 @@ def assert_same_run(a: Path, b: Path) -> None:
     history_b = [without_timing(r) for r in read_history(b / "history.jsonl")]
     assert history_a == history_b
     for name in ("model.pt", "best.pt"):
+        assert load_meta(a / name) == load_meta(b / name)
         wa, wb = load_weights(a / name), load_weights(b / name)
         assert wa.keys() == wb.keys()
         for key in wa:

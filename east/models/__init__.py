@@ -1,7 +1,16 @@
 """ResNets for EAST: ``build_model`` and the views the sparsity engine uses."""
 
 from .dyrelu import DyReLUB
-from .resnet import ARCHS, REGISTRY, ArchSpec, BasicBlock, Bottleneck, EastResNet, build_model
+from .resnet import (
+    ARCHS,
+    REGISTRY,
+    ArchSpec,
+    BasicBlock,
+    Bottleneck,
+    EastResNet,
+    build_model,
+    model_for_cell,
+)
 from .sharing import SharedConv2d, WeightCounts
 
 __all__ = [
@@ -15,4 +24,5 @@ __all__ = [
     "SharedConv2d",
     "WeightCounts",
     "build_model",
+    "model_for_cell",
 ]

@@ -16,16 +16,19 @@ import torch
 from torch import Tensor, nn
 
 from east.archs import STAGE_BLOCKS
+from east.config import CellConfig
 
 from .dyrelu import DyReLUB
 from .export import torchvision_state_dict
 from .sharing import SharedConv2d, WeightCounts
 
-__all__ = ["ARCHS", "ArchSpec", "BasicBlock", "Bottleneck", "EastResNet", "build_model"]
+__all__ = ["ARCHS", "ArchSpec", "BasicBlock", "Bottleneck", "EastResNet", "build_model",
+           "model_for_cell"]
 
 ActivationFactory = Callable[[int], nn.Module]
 STEMS = ("cifar", "imagenet")
 ACTIVATIONS = ("relu", "dyrelu")
+CONV_INITS = ("pytorch", "kaiming_fan_out")
 
 
 def _activation_factory(kind: str) -> ActivationFactory:
@@ -160,6 +163,7 @@ class EastResNet(nn.Module):
         stem: str,
         activation: str,
         sharing_ratio: int | None,
+        conv_init: str = "pytorch",
     ) -> None:
         super().__init__()
         self.arch = arch
@@ -188,7 +192,10 @@ class EastResNet(nn.Module):
             in_ch = planes * spec.block.expansion
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_ch, num_classes, bias=False)
-        self._init_weights()
+        if conv_init == "kaiming_fan_out":
+            self._init_kaiming_fan_out()
+        # "pytorch": every module keeps the init its constructor drew (conv and linear:
+        # kaiming-uniform with a = √5; BN: weight 1, bias 0), as in the authors' trainer.
 
     def _make_stage(
         self, block: Block, in_ch: int, planes: int, n: int, stride: int, act: ActivationFactory
@@ -202,7 +209,7 @@ class EastResNet(nn.Module):
             in_ch = planes * block.expansion
         return nn.Sequential(*blocks)
 
-    def _init_weights(self) -> None:
+    def _init_kaiming_fan_out(self) -> None:
         # torchvision's init: He-normal (fan_out) convs, BN at identity; fc keeps nn.Linear's.
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -272,8 +279,11 @@ def build_model(
     stem: str = "cifar",
     activation: str = "relu",
     sharing_ratio: int | None = None,
+    conv_init: str = "pytorch",
 ) -> EastResNet:
     """Build ``arch`` (one of ``ARCHS``); parameters are drawn from torch's global RNG."""
+    if conv_init not in CONV_INITS:
+        raise ValueError(f"unknown conv_init {conv_init!r}; expected one of {CONV_INITS}")
     if arch not in REGISTRY:
         raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHS}")
     if stem not in STEMS:
@@ -296,4 +306,18 @@ def build_model(
         stem=stem,
         activation=activation,
         sharing_ratio=sharing_ratio,
+        conv_init=conv_init,
+    )
+
+
+def model_for_cell(cell: CellConfig) -> EastResNet:
+    """The network a cell trains (before any mask): its arch, the dataset's classes and
+    channels, stem, activation, sharing and conv init. The one place a cell becomes a model."""
+    from east.data.registry import dataset_info
+
+    info = dataset_info(cell.data.name)
+    return build_model(
+        cell.model.arch, num_classes=info.num_classes, in_channels=info.in_channels,
+        stem=cell.model.stem, activation=cell.activation, sharing_ratio=cell.sharing_ratio,
+        conv_init=cell.model.conv_init,
     )

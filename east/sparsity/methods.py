@@ -113,14 +113,15 @@ def _set() -> Recipe:
     """SET: Mocanu et al., "Scalable training of artificial neural networks with adaptive
     sparse connectivity inspired by network science", Nature Communications 2018. Drop by
     magnitude, grow at random, every ΔT = 1500 steps (the spec's protocol; drop fraction
-    as in RigL's comparison: cosine from 0.5)."""
+    as in RigL's comparison: cosine from 0.5, here over the whole run)."""
     return Recipe(drop_grow=True, reference="Mocanu et al. 2018")
 
 
 def _rigl() -> Recipe:
     """RigL: Evci, Gale, Menick, Castro, Elsen, "Rigging the Lottery: Making All Tickets
     Winners", ICML 2020. Drop by magnitude, grow by dense-gradient magnitude, ΔT = 4000,
-    drop fraction cosine from 0.5 to 0 at 75 % of training, ERK, grown weights start at 0."""
+    drop fraction cosine from 0.5 to 0 over the whole run (the authors' trainer; RigL's paper
+    ends at 75 %: ``update_end: 75%``), ERK, newly grown weights start at 0."""
     return Recipe(drop_grow=True, reference="Evci et al. 2020")
 
 
@@ -168,6 +169,7 @@ class InitContext:
     total: int
     generator: torch.Generator
     cfg: SparsityConfig
+    passes: list[S.ScoringPass]  # filled with the forward/backward passes scoring runs
 
 
 def _from_scores(ctx: InitContext, scores: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -189,11 +191,13 @@ def _need_loss(ctx: InitContext) -> LossFn:
 
 
 def _snip_masks(ctx: InitContext) -> dict[str, Tensor]:
-    return _from_scores(ctx, S.snip_scores(ctx.model, ctx.names, ctx.batches, _need_loss(ctx)))
+    return _from_scores(ctx, S.snip_scores(ctx.model, ctx.names, ctx.batches, _need_loss(ctx),
+                                           passes=ctx.passes))
 
 
 def _grasp_masks(ctx: InitContext) -> dict[str, Tensor]:
-    return _from_scores(ctx, S.grasp_scores(ctx.model, ctx.names, ctx.batches, _need_loss(ctx)))
+    return _from_scores(ctx, S.grasp_scores(ctx.model, ctx.names, ctx.batches, _need_loss(ctx),
+                                            passes=ctx.passes))
 
 
 def _synflow_masks(ctx: InitContext) -> dict[str, Tensor]:
@@ -201,7 +205,8 @@ def _synflow_masks(ctx: InitContext) -> dict[str, Tensor]:
     if first is None:
         raise EastError("sparsity.init: synflow needs one batch (for the input shape)")
     return S.synflow_masks(ctx.model, ctx.names, tuple(first[0].shape[1:]), ctx.total,
-                           ctx.cfg.synflow_rounds, ctx.generator, MIN_PER_LAYER)
+                           ctx.cfg.synflow_rounds, ctx.generator, MIN_PER_LAYER,
+                           passes=ctx.passes)
 
 
 @dataclass(frozen=True)
@@ -319,10 +324,13 @@ class _Grads:
 
 
 class _Rule:
-    """One kind of mask update: when it is due and what it does."""
+    """One kind of mask update: when it is due and what it does. ``needs_grad``: it reads
+    gradients (captured at the step); ``grows_by_gradient``: its growth ranks inactive
+    weights by gradient, i.e. needs the gradient w.r.t. all weights (training FLOPs)."""
 
     name: str
     needs_grad: bool
+    grows_by_gradient: bool
     schedules: dict[str, Schedule]
 
     def due(self, it: int) -> bool:
@@ -345,6 +353,7 @@ class _DensityRule(_Rule):
         self.drop = drop
         self.grow = grow[0] if grow else None
         self.needs_grad = bool(grow and grow[1])
+        self.grows_by_gradient = self.needs_grad
         self.schedules = {name: schedule}
 
     def due(self, it: int) -> bool:
@@ -358,10 +367,11 @@ class _DensityRule(_Rule):
             if self.grow is None:
                 target = max(sp.base_budgets[name], min(current, target))
             if target < current:
-                pruned += sp.drop_weights(i, current - target, self.drop, grads)
+                sp.drop_weights(i, current - target, self.drop, grads)
+                pruned += current - target
             elif target > current and self.grow is not None:
-                added = sp.grow_weights(i, min(target - current, sp.growable(i)), self.grow,
-                                        grads)
+                added = min(target - current, sp.growable(i))
+                sp.grow_weights(i, added, self.grow, grads)
                 grown += added
                 target = current + added
             sp.budgets[name] = target
@@ -369,15 +379,22 @@ class _DensityRule(_Rule):
 
 
 class _DropGrowRule(_Rule):
-    """RigL-style update: per layer, k = ceil(f·nnz) (capped so drop and grow stay disjoint);
-    drop the k lowest drop-scores among active weights, grow the k highest grow-scores
-    among weights that were inactive before the update. Counts per layer are unchanged."""
+    """RigL-style update: per layer, k = ceil(f·nnz); drop the k lowest drop-scores among
+    active weights, grow the k highest grow-scores among the inactive ones. Counts per layer
+    are unchanged.
+
+    ``regrow_dropped`` (RigL's and the authors' code): the grow candidates include the k
+    weights just dropped; one that is regrown keeps its value and optimizer state (it never
+    left). Without it (the spec's "disjoint" reading), candidates are only the weights
+    inactive before the update, and k is capped so that there are enough of them."""
 
     def __init__(self, drop: tuple[S.Scorer, bool], grow: tuple[S.Scorer, bool],
-                 period: Periodic, fraction: DropFraction) -> None:
+                 period: Periodic, fraction: DropFraction, regrow_dropped: bool) -> None:
         self.name = "drop_grow"
         self.drop, self.grow = drop[0], grow[0]
         self.needs_grad = drop[1] or grow[1]
+        self.grows_by_gradient = grow[1]
+        self.regrow_dropped = regrow_dropped
         self.period, self.fraction = period, fraction
         self.schedules = {"drop_grow.period": period, "drop_grow.fraction": fraction}
 
@@ -386,16 +403,25 @@ class _DropGrowRule(_Rule):
 
     def apply(self, sp: Sparsifier, it: int, grads: _Grads | None) -> dict[str, int]:
         f = self.fraction(it)
-        moved = 0
+        moved = regrown = 0
         for i, name in enumerate(sp.names):
             active = sp.budgets[name]
-            k = min(math.ceil(f * active), active, sp.growable(i))
+            if self.regrow_dropped:  # the k dropped are candidates again: never short
+                k = min(math.ceil(f * active), active)
+            else:
+                k = min(math.ceil(f * active), active, sp.growable(i))
             if k <= 0:
                 continue
-            sp.drop_weights(i, k, self.drop, grads)
-            sp.grow_weights(i, k, self.grow, grads)
+            dropped = sp.drop_weights(i, k, self.drop, grads, final=not self.regrow_dropped)
+            grown = sp.grow_weights(i, k, self.grow, grads,
+                                    keep=dropped if self.regrow_dropped else None)
             moved += k
-        return {"dropped": moved, "grown": moved}
+            if self.regrow_dropped:
+                regrown += int((dropped & grown).sum())
+        stats = {"dropped": moved, "grown": moved}
+        if self.regrow_dropped:
+            stats["regrown"] = regrown
+        return stats
 
 
 # =========================================================================== the sparsifier
@@ -441,6 +467,10 @@ class Sparsifier:
         self.updates = 0
         self.skipped_updates = 0
         self.last_update: dict[str, Any] = {}
+        # Whether the last after_step's update used the gradient w.r.t. all weights.
+        self.took_dense_gradient = False
+        # Forward/backward passes the initial-mask scoring ran (training FLOPs).
+        self.scoring_passes: list[S.ScoringPass] = []
         self._noop = False
         # Inspection hook: called as on_change(layer, "drop" | "grow", changed positions).
         self.on_change: Callable[[str, str, Tensor], None] | None = None
@@ -466,8 +496,20 @@ class Sparsifier:
             rules.append(_DropGrowRule(
                 S.drop_scorer(cfg.drop, cfg), S.grow_scorer(cfg.grow),
                 Periodic(t.update_interval, start=dyn_start, end=t.update_end),
-                DropFraction(cfg.drop_fraction, t.update_end, cfg.drop_schedule)))
+                DropFraction(cfg.drop_fraction, t.update_end, cfg.drop_schedule),
+                regrow_dropped=cfg.regrow_dropped))
         return rules
+
+    def final_architecture_at(self, it: int) -> bool:
+        """Whether the network after ``it`` optimizer steps is the one training ends with:
+        every layer at its final budget, no density schedule still to move it, and DyReLU
+        phased out (β = 0 for the last step taken and every later one)."""
+        if not self.initialized or self.budgets != self.base_budgets:
+            return False
+        for rule in self.rules:
+            if isinstance(rule, _DensityRule) and it < rule.schedule.end:  # type: ignore[union-attr]
+                return False
+        return it >= 1 and self.beta_schedule(it - 1) == 0.0
 
     # ------------------------------------------------------------------ budgets
     def budgets_at(self, density: float) -> dict[str, int]:
@@ -500,9 +542,10 @@ class Sparsifier:
         """
         model = self._model if model is None else model
         if self.init.global_masks is not None:
+            self.scoring_passes = []
             masks = self.init.global_masks(InitContext(model, self.names, batches, loss_fn,
                                                        self.base_total, self.generator,
-                                                       self.cfg))
+                                                       self.cfg, self.scoring_passes))
         else:
             start = (self.budgets_at(max(self.cfg.initial_density, self.target_density))
                      if self.recipe.gradual else dict(self.base_budgets))
@@ -550,6 +593,7 @@ class Sparsifier:
             return
         due = self._due(step + 1)
         changed = False
+        self.took_dense_gradient = False
         if due:
             changed = self._update(step, due)
         self.enforcer.zero_weights()
@@ -567,11 +611,18 @@ class Sparsifier:
             if not grads.finite:  # e.g. an AMP overflow step: skip, the next update catches up
                 self.skipped_updates += 1
                 self.last_update = {"step": step, "skipped": "non-finite gradients"}
+                # The dense gradient was computed all the same.
+                self.took_dense_gradient = any(r.grows_by_gradient for r in due)
                 return False
         stats: dict[str, Any] = {"step": step}
-        self._dropped_now = {}  # positions dropped by any rule of this update: never regrown
+        # Positions removed by a rule of this update that others may not regrow in it
+        # (density rules' pruning; drop-and-grow's drops without regrow_dropped).
+        self._dropped_now = {}
         for rule in due:
-            for key, value in rule.apply(self, step + 1, grads).items():
+            result = rule.apply(self, step + 1, grads)
+            if rule.grows_by_gradient and result.get("grown", 0) > 0:
+                self.took_dense_gradient = True
+            for key, value in result.items():
                 stats[f"{rule.name}.{key}"] = value
         self._dropped_now = {}
         self.updates += 1
@@ -599,23 +650,30 @@ class Sparsifier:
         taken = 0 if earlier is None else int(earlier.sum())
         return self.sizes[self.names[i]] - self.budgets[self.names[i]] - taken
 
-    def drop_weights(self, i: int, k: int, scorer: S.Scorer, grads: _Grads | None) -> int:
-        """Deactivate the k active weights of layer i with the lowest scores."""
+    def drop_weights(self, i: int, k: int, scorer: S.Scorer, grads: _Grads | None, *,
+                     final: bool = True) -> Tensor:
+        """Deactivate the k active weights of layer i with the lowest scores; returns the
+        dropped positions (flat). ``final``: they are zeroed now and no later growth of
+        this update may bring them back; otherwise growth may regrow them, with their value
+        (the weights of those not regrown are zeroed after the update)."""
         mask, flat = self._flat(i)
         active = torch.nonzero(flat).flatten()  # rank only the active weights (few, when sparse)
         idx = active[S.topk_indices(-self._score(i, scorer, grads)[active], k, self.generator)]
         dropped = torch.zeros_like(flat)
         dropped[idx] = True
         flat[idx] = False
-        earlier = self._dropped_now.get(i)
-        self._dropped_now[i] = dropped if earlier is None else earlier | dropped
-        self._commit(i, mask, flat, dropped, "drop")
-        return k
+        if final:
+            earlier = self._dropped_now.get(i)
+            self._dropped_now[i] = dropped if earlier is None else earlier | dropped
+        self._commit(i, mask, flat, dropped, "drop", zero_at=dropped if final else None)
+        return dropped
 
-    def grow_weights(self, i: int, k: int, scorer: S.Scorer, grads: _Grads | None) -> int:
+    def grow_weights(self, i: int, k: int, scorer: S.Scorer, grads: _Grads | None, *,
+                     keep: Tensor | None = None) -> Tensor:
         """Activate the k inactive weights of layer i with the highest scores, never one
-        dropped earlier in the same update (drop and grow sets are disjoint); grown weights
-        start at exactly 0."""
+        dropped for good earlier in the same update; returns the grown positions (flat).
+        Grown weights start at exactly 0, except those in ``keep`` (just dropped, not
+        final: regrown, they keep their value)."""
         mask, flat = self._flat(i)
         earlier = self._dropped_now.get(i)
         blocked = flat if earlier is None else flat | earlier
@@ -624,16 +682,20 @@ class Sparsifier:
         grown = torch.zeros_like(flat)
         grown[idx] = True
         flat[idx] = True
-        self._commit(i, mask, flat, grown, "grow")
-        return k
+        fresh = grown if keep is None else grown & ~keep
+        self._commit(i, mask, flat, grown, "grow", zero_at=fresh)
+        return grown
 
-    def _commit(self, i: int, mask: Tensor, flat: Tensor, changed: Tensor, kind: str) -> None:
-        """Write the new mask and zero the changed positions' weights. Optimizer state is
-        zeroed by the enforcer once the step's updates are done: dropped positions by the
-        new mask; grown ones were inactive, so their state is already exactly zero."""
+    def _commit(self, i: int, mask: Tensor, flat: Tensor, changed: Tensor, kind: str, *,
+                zero_at: Tensor | None) -> None:
+        """Write the new mask and zero the weights at ``zero_at`` now (the enforcer zeroes
+        every inactive weight once the step's updates are done). Optimizer state is zeroed
+        by the enforcer then too: dropped positions by the new mask; newly grown ones were
+        inactive, so their state is already exactly zero."""
         with torch.no_grad():
             mask.copy_(flat.view(mask.shape))
-            self.params[i].masked_fill_(changed.view(mask.shape), 0.0)
+            if zero_at is not None:
+                self.params[i].masked_fill_(zero_at.view(mask.shape), 0.0)
         if self.on_change is not None:
             self.on_change(self.names[i], kind, changed.view(mask.shape))
 

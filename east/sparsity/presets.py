@@ -24,7 +24,8 @@ _COMMON = frozenset({"method", "sparsity", "distribution", "dyrelu", "dyrelu_sta
                      "sharing", "sharing_ratio"})
 # Fields of dynamic (drop-and-grow) methods.
 _DYNAMIC = frozenset({"update_interval", "update_end", "drop_fraction", "drop_schedule",
-                      "cyclic", "cycles", "cycle_length", "cycle_max_factor", "cycle_interval"})
+                      "regrow_dropped", "cyclic", "cycles", "cycle_length", "cycle_max_factor",
+                      "cycle_interval"})
 _GRADUAL = frozenset({"prune_start", "prune_end", "prune_interval", "initial_density"})
 # Pruning at initialisation with a global ranking: no per-layer distribution.
 _GLOBAL = _COMMON - {"distribution"}
@@ -43,11 +44,13 @@ PRESETS: dict[str, tuple[dict[str, Any], frozenset[str]]] = {
             _COMMON | _DYNAMIC),
     "rigl": ({"init": "random", "drop": "magnitude", "grow": "gradient", "update_interval": 4000},
              _COMMON | _DYNAMIC),
-    # GraNet (CIFAR code defaults): pruning over epochs 0-110 of 160, regeneration every
-    # 1000 iterations with a cosine-decayed rate over the whole run.
+    # GraNet's dense-to-sparse variant ("GraNet (s_i = 0)" of its README; the code's default
+    # is s_i = 0.5, i.e. initial_density 0.5): gradual magnitude pruning from dense over
+    # epochs 0-110 of 160 (0 %-68.75 %), each pruning step followed by regrowth of a
+    # cosine-decayed fraction by gradient, both every 1000 iterations.
     "granet": ({"init": "dense", "initial_density": 1.0, "drop": "magnitude", "grow": "gradient",
-                "update_interval": 1000, "update_end": "100%", "prune_start": "0%",
-                "prune_end": "68.75%", "prune_interval": 1000}, _COMMON | _DYNAMIC | _GRADUAL),
+                "update_interval": 1000, "prune_start": "0%", "prune_end": "68.75%",
+                "prune_interval": 1000}, _COMMON | _DYNAMIC | _GRADUAL),
     "mest": ({"init": "random", "drop": "mest", "grow": "random", "update_interval": 1500,
               "mest_lambda": 1.0}, _COMMON | _DYNAMIC | {"mest_lambda"}),
     "east": ({"init": "random", "drop": "magnitude", "grow": "gradient", "update_interval": 4000,

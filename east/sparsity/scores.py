@@ -19,6 +19,7 @@ import copy
 import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,6 +28,18 @@ from torch import Tensor, nn
 from east.errors import EastError
 
 Scorer = Callable[[Tensor, "Tensor | None", torch.Generator], Tensor]
+
+
+@dataclass(frozen=True)
+class ScoringPass:
+    """Work an initial-mask scorer did, for the training-FLOPs account: ``examples`` inputs
+    through the network, each costing ``factor`` forward passes (3: forward + backward;
+    6: a Hessian-vector product, counted as two gradients), with ``nnz`` active weights per
+    masked tensor (None: all of them)."""
+
+    examples: int
+    factor: int
+    nnz: dict[str, int] | None = None
 
 
 # --------------------------------------------------------------------------- selection
@@ -208,7 +221,8 @@ def _copy_params(net: nn.Module, names: Iterable[str]) -> dict[str, nn.Parameter
 
 
 def snip_scores(model: nn.Module, names: list[str], batches: Iterable[tuple[Tensor, Tensor]],
-                loss_fn: Callable[[Tensor, Tensor], Tensor]) -> dict[str, Tensor]:
+                loss_fn: Callable[[Tensor, Tensor], Tensor],
+                passes: list[ScoringPass] | None = None) -> dict[str, Tensor]:
     """SNIP connection sensitivity |∂L/∂w ⊙ w| (Lee et al., "SNIP: Single-shot Network
     Pruning based on Connection Sensitivity", ICLR 2019), on one mini-batch as in the paper,
     with the model in training mode (batch statistics) at its current DyReLU β."""
@@ -218,6 +232,8 @@ def snip_scores(model: nn.Module, names: list[str], batches: Iterable[tuple[Tens
     params = _copy_params(net, names)
     for x, y in data:
         loss_fn(net(x), y).backward()
+    if passes is not None:
+        passes.append(ScoringPass(sum(int(x.shape[0]) for x, _ in data), 3))
     return {n: (p.grad * p.detach()).abs() for n, p in params.items()}
 
 
@@ -226,7 +242,8 @@ GRASP_SAMPLES_PER_CLASS = 10
 
 
 def grasp_scores(model: nn.Module, names: list[str], batches: Iterable[tuple[Tensor, Tensor]],
-                 loss_fn: Callable[[Tensor, Tensor], Tensor]) -> dict[str, Tensor]:
+                 loss_fn: Callable[[Tensor, Tensor], Tensor],
+                 passes: list[ScoringPass] | None = None) -> dict[str, Tensor]:
     """GraSP keep-scores θ ⊙ Hg (Wang et al., "Picking Winning Tickets Before Training by
     Preserving Gradient Flow", ICLR 2020). The paper removes the weights with the largest
     −θ ⊙ Hg, i.e. keeps the largest θ ⊙ Hg. Defaults of the paper: softmax temperature 200
@@ -257,12 +274,18 @@ def grasp_scores(model: nn.Module, names: list[str], batches: Iterable[tuple[Ten
                                     create_graph=True)
         z = sum((gi * acc).sum() for gi, acc in zip(grads, g, strict=True))
         z.backward()
+    if passes is not None:
+        examples = sum(int(x.shape[0]) for x, _ in data)
+        # The forward that read the class count, then the two passes.
+        passes += [ScoringPass(int(first[0][0].shape[0]), 1), ScoringPass(examples, 3),
+                   ScoringPass(examples, 6)]
     return {n: p.detach() * p.grad for n, p in params.items()}
 
 
 def synflow_masks(model: nn.Module, names: list[str], input_shape: tuple[int, ...], total: int,
                   rounds: int, generator: torch.Generator,
-                  min_per_layer: int = 1) -> dict[str, Tensor]:
+                  min_per_layer: int = 1,
+                  passes: list[ScoringPass] | None = None) -> dict[str, Tensor]:
     """Iterative SynFlow (Tanaka et al., "Pruning neural networks without any data by
     iteratively conserving synaptic flow", NeurIPS 2020): data-free. On a float64 copy in
     eval mode with every parameter made non-negative (|θ|), R = 1ᵀ f(1) for an all-ones
@@ -294,6 +317,8 @@ def synflow_masks(model: nn.Module, names: list[str], input_shape: tuple[int, ..
         for p in net.parameters():
             p.grad = None
         net(ones).sum().backward()
+        if passes is not None:  # one input, at this round's starting masks
+            passes.append(ScoringPass(1, 3, {n: int(m.sum()) for n, m in masks.items()}))
         # Only active weights can be kept (the keep count never grows), so rank those.
         active = {n: torch.nonzero(masks[n].reshape(-1)).flatten() for n in names}
         scores = {n: (params[n].grad * params[n].detach()).abs().reshape(-1)[active[n]]

@@ -19,6 +19,7 @@ from torch import nn
 
 from east.errors import EastError
 from east.io import atomic_write
+from east.runlock import reads_run
 
 TORCHVISION_ARCHS = ("resnet18", "resnet34", "resnet50")
 
@@ -36,6 +37,7 @@ def torchvision_twin(arch: str, num_classes: int, in_channels: int, stem: str) -
     return model
 
 
+@reads_run("export")  # shared run lock: waits while a trainer writes the run
 def export_run(run_dir: str | Path, out: str | Path) -> Path:
     from east.data.registry import dataset_info
     from east.evaluate import load_trained_model

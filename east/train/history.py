@@ -15,9 +15,11 @@ from typing import Any
 
 from east.errors import EastError
 from east.io import atomic_write_json, atomic_write_text
+from east.rundir import HISTORY_FILE, SUMMARY_FILE
 
-HISTORY_FILE = "history.jsonl"
-SUMMARY_FILE = "summary.json"
+__all__ = ["HISTORY_FILE", "SUMMARY_FILE", "TIMING_KEYS", "append_history", "read_history",
+           "read_summary", "truncate_history", "without_timing", "write_history",
+           "write_summary"]
 
 # Keys that hold wall-clock measurements: they differ between runs that compute the same
 # thing, so comparisons of "the same result" (e.g. resumed vs uninterrupted) skip them.
@@ -57,6 +59,15 @@ def truncate_history(path: str | os.PathLike[str], length: int) -> int:
     """Keep the first ``length`` records (lines of epochs a resumed run will redo go);
     returns how many were dropped. The file is not touched when nothing is dropped."""
     records = read_history(path)
+    for number, record in enumerate(records[:length], start=1):
+        # Lines are appended once per epoch, in order: anything else is not this run's
+        # history (e.g. two trainings appended to it at once, before run locks).
+        if record.get("epoch") != number:
+            raise EastError(
+                f"{path}:{number}: epoch {record.get('epoch')!r} where epoch {number} belongs; "
+                "the history does not match the checkpoints (written by two trainings at "
+                "once?): remove history.jsonl and checkpoints/ to train the cell again"
+            )
     if len(records) <= length:
         return 0
     write_history(path, records[:length])

@@ -5,8 +5,10 @@ One optimizer step, in order (docs/design.md, "Sparsity"):
     model.set_beta(sparsifier.beta(step))          # only when it changes
     forward under autocast (bf16 on CUDA by default), loss = CE(shard)·|shard|/|batch|
     loss.backward(); all-reduce gradients (DDP)
+    clip_grad_norm_(grad_clip)                     # grad_clip_scope dense: all positions
     sparsifier.after_backward(step)                # dense-grad scores, then masked grads
-    clip_grad_norm_(grad_clip); lr(step); optimizer.step()
+    [clip_grad_norm_(grad_clip)]                   # grad_clip_scope masked: instead, here
+    lr(step); optimizer.step()
     sparsifier.after_step(step, optimizer)         # mask update if due; zero weights + state
 
 Checkpoints (complete state, see ``east.train.checkpoint``) are written
@@ -42,34 +44,30 @@ from torch import Tensor, nn
 
 from east.config import CellConfig
 from east.errors import EastError
-from east.io import atomic_write
+from east.rundir import BEST_FILE, CELL_FILE, HISTORY_FILE, MODEL_FILE, SUMMARY_FILE
+from east.rundir import save_model_file as _save_model_file
 from east.train import checkpoint as ckpt
 from east.train import distributed as D
-from east.train.history import (
-    HISTORY_FILE,
-    SUMMARY_FILE,
-    append_history,
-    truncate_history,
-    write_summary,
-)
+from east.train import environment
+from east.train.cost import TrainingCost
+from east.train.history import append_history, truncate_history, write_summary
 from east.train.optim import LRSchedule, build_optimizer, build_schedule
 
 EXIT_DONE = 0
 EXIT_PREEMPTED = 75
-EXIT_NONFINITE = 65
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 # An epoch-end checkpoint is taken when the time since the last save is at least this many
 # times the duration of that save (bounds the overhead at about 1/20).
 SAVE_COST_RATIO = 20.0
-MODEL_FILE = "model.pt"
-BEST_FILE = "best.pt"
-CELL_FILE = "cell.json"
 
 
 class NonFiniteLoss(EastError):
-    """The training loss became NaN/inf: the cell stops (exit 65), checkpoints are kept."""
+    """The training loss or the weights became NaN/inf. The trainer turns it into a result
+    (summary.json ``status: diverged``); no checkpoint of the diverged state is written."""
 
-    exit_code = EXIT_NONFINITE
+    def __init__(self, message: str, *, epoch: int, step: int) -> None:
+        super().__init__(message)
+        self.epoch, self.step = epoch, step
 
 
 # ----------------------------------------------------------------------------- devices
@@ -135,12 +133,21 @@ class StepContext:
     amp_dtype: torch.dtype | None
     label_smoothing: float
     grad_clip: float | None
+    grad_clip_scope: str = "dense"
     env: D.DistEnv = field(default_factory=D.DistEnv)
     params: list[nn.Parameter] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.params:
             self.params = [p for p in self.model.parameters() if p.requires_grad]
+
+
+def clip_gradients(params: Sequence[nn.Parameter], max_norm: float) -> None:
+    """Scale every gradient by min(1, max_norm / ‖g‖) (torch's ``clip_grad_norm_``), ‖g‖
+    over all of them. Called on the gradient backward produced (scope ``dense``: pruned
+    positions count, as in the authors' trainer, which clips before masking) or on the
+    masked one (scope ``masked``)."""
+    torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm)
 
 
 def train_step(ctx: StepContext, x: Tensor, y: Tensor, step: int) -> tuple[Tensor, Tensor, int]:
@@ -167,10 +174,11 @@ def train_step(ctx: StepContext, x: Tensor, y: Tensor, step: int) -> tuple[Tenso
         loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
         correct = torch.zeros((), dtype=torch.int64, device=ctx.device)
     D.all_reduce_gradients(ctx.params, ctx.env)
+    if ctx.grad_clip is not None and ctx.grad_clip_scope == "dense":
+        clip_gradients(ctx.params, ctx.grad_clip)
     ctx.sparsifier.after_backward(step)
-    if ctx.grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_([p for p in ctx.params if p.grad is not None],
-                                       ctx.grad_clip)
+    if ctx.grad_clip is not None and ctx.grad_clip_scope == "masked":
+        clip_gradients(ctx.params, ctx.grad_clip)
     ctx.schedule.apply(ctx.optimizer, step)
     ctx.optimizer.step()
     ctx.sparsifier.after_step(step, ctx.optimizer)
@@ -327,6 +335,30 @@ def _call(callbacks: Sequence[Any], name: str, *args: Any) -> None:
             method(*args)
 
 
+# ----------------------------------------------------------------------------- best model
+
+
+@dataclass
+class BestTracker:
+    """Which epoch's model is "the best-validation model": the highest validation accuracy
+    (the earliest on ties) among epochs that ended with the final architecture (history
+    records' ``final_architecture``). A denser mid-cycle network or one with β > 0 is never
+    chosen: it is not the network the run reports."""
+
+    val_acc: float | None = None
+    epoch: int | None = None
+
+    def consider(self, record: dict[str, Any]) -> bool:
+        """Take one epoch's history record; True when it becomes the best."""
+        val = record.get("val_acc")
+        if not record.get("final_architecture") or val is None:
+            return False
+        if self.val_acc is not None and val <= self.val_acc:
+            return False
+        self.val_acc, self.epoch = float(val), int(record["epoch"])
+        return True
+
+
 # ----------------------------------------------------------------------------- trainer
 
 
@@ -341,18 +373,17 @@ def cpu_state_dict(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
-def save_state_dict(path: Path, state: dict[str, Any]) -> None:
-    atomic_write(path, lambda handle: torch.save(state, handle))
-
-
 @contextlib.contextmanager
-def loop_settings(device: torch.device) -> Iterator[None]:
-    """The global torch settings of a training run, restored on exit: deterministic
-    algorithms (warn only) on the CPU, where they are cheap and make resumed runs
-    bit-identical; cuDNN autotuning on CUDA."""
+def loop_settings(device: torch.device, threads: int | None = None) -> Iterator[None]:
+    """The global torch settings of a training run, restored on exit: ``threads`` CPU
+    threads (None: leave torch's count); deterministic algorithms (warn only) on the CPU,
+    where they are cheap and make resumed runs bit-identical; cuDNN autotuning on CUDA."""
     deterministic = torch.are_deterministic_algorithms_enabled()
     benchmark = torch.backends.cudnn.benchmark
+    previous_threads = torch.get_num_threads()
     try:
+        if threads is not None:
+            torch.set_num_threads(threads)
         if device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
         else:
@@ -362,12 +393,13 @@ def loop_settings(device: torch.device) -> Iterator[None]:
     finally:
         torch.use_deterministic_algorithms(deterministic)
         torch.backends.cudnn.benchmark = benchmark
+        torch.set_num_threads(previous_threads)
 
 
 class Trainer:
     """Trains one cell into ``out_dir`` (resuming from its checkpoints). ``run()`` returns a
-    ``TrainOutcome``; user errors raise ``EastError``; a NaN/inf loss raises
-    ``NonFiniteLoss`` (exit 65).
+    ``TrainOutcome``; user errors raise ``EastError``; a NaN/inf loss or weight ends the run
+    as a result (summary.json ``status: diverged``, exit 0).
 
     ``max_steps`` stops, with a checkpoint, once the run has taken that many optimizer
     steps in total (counted across resumes), unless the run is complete by then.
@@ -409,10 +441,14 @@ class Trainer:
         self.device = resolve_device(self.requested_device, self.cell.train.device, self.env)
         created = D.init_distributed(self.env, self.device)
         try:
-            with loop_settings(self.device), StopSignals() as signals:
+            with loop_settings(self.device, self.cell.train.threads), \
+                    StopSignals() as signals:
                 self.signals = signals
                 self._setup()
-                return self._train(label)
+                try:
+                    return self._train(label)
+                except NonFiniteLoss as error:
+                    return self._diverged(label, error)
         finally:
             if getattr(self, "progress", None) is not None:
                 self.progress.close()
@@ -421,7 +457,8 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
         from east.data import build_loaders
-        from east.models import build_model
+        from east.flops import dyrelu_flops, flops_per_weight
+        from east.models import model_for_cell
         from east.sparsity.methods import build_sparsifier
 
         cell, cfg, env = self.cell, self.cell.train, self.env
@@ -440,10 +477,15 @@ class Trainer:
         self.total_steps = cfg.epochs * self.steps_per_epoch
 
         _seed_everything(cell.seed)
-        self.model = build_model(
-            cell.model.arch, num_classes=info.num_classes, in_channels=info.in_channels,
-            stem=cell.model.stem, activation=cell.activation, sharing_ratio=cell.sharing_ratio,
-        ).to(self.device)
+        self.model = model_for_cell(cell).to(self.device)
+        with torch.device("meta"):  # the FLOPs account reads only shapes (draws no RNG)
+            shapes = model_for_cell(cell)
+        self.cost = TrainingCost(
+            per_weight=flops_per_weight(shapes, (info.in_channels, info.image_size,
+                                                 info.image_size)),
+            numel={n: p.numel() for n, p in shapes.masked_parameters().items()},
+            dyrelu_forward=dyrelu_flops(shapes) if cell.sparsity.dyrelu else 0,
+        )
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.sparsifier = build_sparsifier(
@@ -455,11 +497,13 @@ class Trainer:
         self.ctx = StepContext(
             model=self.model, optimizer=self.optimizer, sparsifier=self.sparsifier,
             schedule=self.schedule, device=self.device, amp_dtype=self.amp_dtype,
-            label_smoothing=cfg.label_smoothing, grad_clip=cfg.grad_clip, env=env,
+            label_smoothing=cfg.label_smoothing, grad_clip=cfg.grad_clip,
+            grad_clip_scope=cfg.grad_clip_scope, env=env,
         )
         self._reset_epoch_stats()
-        self.best_val_acc: float | None = None
-        self.best_epoch: int | None = None
+        self.best = BestTracker()
+        self.best_meta: dict[str, Any] | None = None
+        self.last_finite_loss: tuple[int, Tensor] | None = None  # (step, loss per example)
         self.wall_time_s = 0.0
         self.history_len = 0
         self.beta: float | None = None
@@ -509,6 +553,7 @@ class Trainer:
             self.sparsifier.initialize(self.model, iter(loader), _init_loss)
         else:
             self.sparsifier.initialize(self.model)
+        self.cost.add_scoring(self.sparsifier.scoring_passes)
         loader.set_position(0, 0)
         # Identical start on every rank (masks included), whatever the init drew.
         D.broadcast_module(self.model, self.env)
@@ -536,8 +581,9 @@ class Trainer:
             torch.zeros((), dtype=torch.int64, device=self.device)
         self.epoch_count = int(stats["count"]) if self.env.is_main else 0
         self.epoch_time = float(stats["time_s"])
-        self.best_val_acc = state["best_val_acc"]
-        self.best_epoch = state["best_epoch"]
+        self.best = BestTracker(state["best_val_acc"], state["best_epoch"])
+        self.best_meta = state["best_meta"]
+        self.cost.load_state_dict(state["cost"])
         self.history_len = int(state["history_len"])
         self.wall_time_s = float(state["wall_time_s"])
         ckpt.restore_rng(state["rng"])
@@ -586,8 +632,10 @@ class Trainer:
                 "count": count,
                 "time_s": self.epoch_time,
             },
-            "best_val_acc": self.best_val_acc,
-            "best_epoch": self.best_epoch,
+            "best_val_acc": self.best.val_acc,
+            "best_epoch": self.best.epoch,
+            "best_meta": self.best_meta,
+            "cost": self.cost.state_dict(),
             "history_len": self.history_len,
             "wall_time_s": self.wall_time_s,
             "world_size": self.env.world_size,
@@ -616,7 +664,8 @@ class Trainer:
                 f"{self.cell.cell_id()} seed {self.cell.seed}: non-finite training loss or "
                 f"weights in "
                 f"epoch {self.loaders.train.epoch + 1} by step {self.step}; stopped (last "
-                f"good checkpoint: {last}; lower train.lr or set train.grad_clip)"
+                f"good checkpoint: {last}; lower train.lr or set train.grad_clip)",
+                epoch=self.loaders.train.epoch + 1, step=self.step,
             )
 
     # ------------------------------------------------------------------ loop
@@ -649,7 +698,11 @@ class Trainer:
             for x, y in loader:
                 step = self.step - 1  # the position already points past this batch
                 self._set_beta(step)
+                nnz = dict(self.sparsifier.budgets)  # what this step trains with
                 loss, correct, count = train_step(self.ctx, x, y, step)
+                self.cost.add_step(int(y.shape[0]), nnz,
+                                   dense_gradient=self.sparsifier.took_dense_gradient,
+                                   dyrelu_active=bool(self.beta))
                 self.epoch_loss += loss
                 self.epoch_correct += correct
                 self.epoch_count += count
@@ -668,6 +721,7 @@ class Trainer:
                 )
                 if bad:
                     self._require_finite()
+                self.last_finite_loss = (step, loss / max(count, 1))
                 if stop:
                     self._book(elapsed())
                     self._save()
@@ -729,18 +783,20 @@ class Trainer:
             "density": log["density"],
             "density_full": log["density_full"],
             "beta": float(self.sparsifier.beta(last_step)),
+            "nnz": log["nnz"],
+            "final_architecture": self.sparsifier.final_architecture_at(self.step),
+            "flops_train": self.cost.total,
             "examples": count,
             "time_s": self.epoch_time,
         }
-        improved = val_acc is not None and (
-            self.best_val_acc is None or val_acc > self.best_val_acc
-        )
+        improved = self.best.consider(record)
         if improved:
-            self.best_val_acc, self.best_epoch = val_acc, epoch + 1
+            self.best_meta = self._model_meta(epoch + 1, "best validation accuracy", val_acc)
         if self.env.is_main:
             append_history(self.out / HISTORY_FILE, record)
             if improved:
-                save_state_dict(self.out / BEST_FILE, cpu_state_dict(self.model))
+                _save_model_file(self.out / BEST_FILE, cpu_state_dict(self.model),
+                                 self.best_meta)
         self.history_len = epoch + 1
         self.last_record = record
         D.check_masks_identical(self.model, self.env)
@@ -769,31 +825,86 @@ class Trainer:
             records = read_history(self.out / HISTORY_FILE)
             record = records[-1] if records else {}
         log = self.sparsifier.density_log()
+        final_meta = self._model_meta(self.cell.train.epochs, "final", record.get("val_acc"))
+        best_meta = self.best_meta
+        if best_meta is None:  # said, never silent: the final model stands in as "best"
+            reason = ("no validation split" if self.loaders.val is None
+                      else "no epoch ended with the final architecture")
+            best_meta = {**final_meta, "selection": f"final model ({reason})"}
         summary = {
-            "cell_id": self.cell.cell_id(),
-            "row": self.cell.row,
-            "seed": self.cell.seed,
-            "epochs": self.cell.train.epochs,
+            **self._summary_head(),
+            "status": "done",
             "steps": self.step,
             "final_val_acc": record.get("val_acc"),
-            "best_val_acc": self.best_val_acc,
-            "best_epoch": self.best_epoch,
+            "best_val_acc": self.best.val_acc,
+            "best_epoch": self.best.epoch,
+            "best": best_meta,
             "density": log["density"],
             "density_full": log["density_full"],
             "nnz": log["nnz"],
+            "flops_train": self.cost.record(),
             "wall_time_s": self.wall_time_s,
         }
         if self.env.is_main:
             state = cpu_state_dict(self.model)
-            save_state_dict(self.out / MODEL_FILE, state)
-            if self.best_epoch is None:  # no validation split: the final model is "best"
-                save_state_dict(self.out / BEST_FILE, state)
+            _save_model_file(self.out / MODEL_FILE, state, final_meta)
+            if self.best_meta is None:
+                _save_model_file(self.out / BEST_FILE, state, best_meta)
             write_summary(self.out / SUMMARY_FILE, summary)
         D.barrier(self.env)
         return TrainOutcome(
             EXIT_DONE,
             f"east: {label}: done in {self.wall_time_s:.1f} s, final val acc "
-            f"{_fmt(summary['final_val_acc'])}, best {_fmt(self.best_val_acc)}",
+            f"{_fmt(summary['final_val_acc'])}, best {_fmt(self.best.val_acc)}",
+            summary,
+        )
+
+
+    def _model_meta(self, epoch: int, selection: str, val_acc: float | None) -> dict[str, Any]:
+        """What a model file says of the model it holds (read back by evaluate/export)."""
+        return {
+            "epoch": epoch,
+            "step": self.step,
+            "beta": float(self.sparsifier.beta(max(self.step - 1, 0))),
+            "nnz": self.sparsifier.density_log()["nnz"],
+            "val_acc": val_acc,
+            "selection": selection,
+        }
+
+    def _summary_head(self) -> dict[str, Any]:
+        return {
+            "cell_id": self.cell.cell_id(),
+            "row": self.cell.row,
+            "seed": self.cell.seed,
+            "epochs": self.cell.train.epochs,
+            "environment": environment.describe(self.device, self.env.world_size),
+        }
+
+    def _diverged(self, label: str, error: NonFiniteLoss) -> TrainOutcome:
+        """A non-finite loss or weight is a result (as papers report "diverged"): the
+        summary says where, and the cell is done. Its good checkpoints are kept."""
+        last = self.last_finite_loss
+        summary = {
+            **self._summary_head(),
+            "status": "diverged",
+            "diverged": {
+                "epoch": error.epoch,
+                "step": error.step,
+                "last_finite_step": None if last is None else last[0] + 1,
+                "last_finite_loss": None if last is None else float(last[1]),
+            },
+            "steps": error.step,
+            "flops_train": self.cost.record(),
+            "wall_time_s": self.wall_time_s,
+        }
+        if self.env.is_main:
+            write_summary(self.out / SUMMARY_FILE, summary)
+        D.barrier(self.env)
+        return TrainOutcome(
+            EXIT_DONE,
+            f"east: {label}: diverged in epoch {error.epoch} by step {error.step} (non-finite "
+            "training loss or weights); recorded as status 'diverged' in summary.json, a "
+            "result the pipeline does not retrain",
             summary,
         )
 

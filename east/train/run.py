@@ -1,8 +1,13 @@
 """``east train CELL.json --out DIR``: train one cell, resuming from DIR's checkpoints.
 
-Exit codes (docs/design.md): 0 done, already done, or stopped at ``--max-steps``;
-2 user error (one line on stderr); 75 pre-empted by SIGTERM/SIGUSR1 (checkpoint saved, run
-the same command again to resume); 65 non-finite loss (last good checkpoint kept).
+Exit codes (docs/design.md): 0 done (or diverged: a result, ``status: diverged`` in
+summary.json), already done, or stopped at ``--max-steps``; 2 user error (one line on
+stderr); 75 pre-empted by SIGTERM/SIGUSR1 (checkpoint saved, run the same command again to
+resume); 73 the run directory is locked by another process (``--if-locked fail``; nothing
+was read or written, the other process's run is untouched).
+
+One writer per run directory (``east.runlock``): the exclusive lock on ``DIR/.lock`` is
+taken before anything in DIR is read and held until the command ends.
 
 Multi-GPU: launch the same command under ``torchrun --nproc-per-node N -m east train ...``;
 every rank trains on its shard of each batch and only rank 0 writes files.
@@ -37,15 +42,40 @@ def read_cell(path: str | Path) -> CellConfig:
     return CellConfig.from_dict(raw, where=str(path))
 
 
-def train_cell(cell: CellConfig, out_dir: str | Path, **options: Any) -> TrainOutcome:
-    """Train (or resume, or recognise as done) one cell in ``out_dir``; ``options`` are
-    ``Trainer``'s keyword arguments (device, max_steps, callbacks, progress, md5s)."""
-    return Trainer(cell, out_dir, **options).run()
+def train_cell(cell: CellConfig, out_dir: str | Path, *, if_locked: str = "fail",
+               **options: Any) -> TrainOutcome:
+    """Train (or resume, or recognise as done) one cell in ``out_dir`` under its exclusive
+    run lock; ``if_locked`` is ``fail`` (raise ``RunLocked``, exit 73) or ``wait``;
+    ``options`` are ``Trainer``'s keyword arguments (device, max_steps, callbacks,
+    progress, md5s)."""
+    from east.runlock import RunLock
+
+    trainer = Trainer(cell, out_dir, **options)  # validates options; reads nothing in DIR
+    if not trainer.env.is_main:
+        # Under torchrun only rank 0 writes, so only rank 0 locks (a rank's lock would
+        # refuse its own rank 0). Rank 0 refused: torchrun stops the other ranks.
+        return trainer.run()
+    with RunLock(out_dir, "train", if_locked=if_locked):
+        _remove_partial_checkpoints(Path(out_dir))
+        return trainer.run()
+
+
+def _remove_partial_checkpoints(out_dir: Path) -> None:
+    """Delete the temp files of checkpoint writes a kill interrupted (``atomic_write``'s
+    ``.ckpt-*.tmp``; a checkpoint's size each). Only safe under the run lock: no other
+    process writes checkpoints then."""
+    from east.train.checkpoint import checkpoint_dir
+
+    folder = checkpoint_dir(out_dir)
+    if folder.is_dir():
+        for path in folder.glob(".ckpt-*.tmp"):
+            path.unlink(missing_ok=True)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     cell = read_cell(args.cell)
-    outcome = train_cell(cell, args.out, device=args.device, max_steps=args.max_steps)
+    outcome = train_cell(cell, args.out, device=args.device, max_steps=args.max_steps,
+                         if_locked=args.if_locked)
     from east.train.distributed import env_from_environ
 
     if env_from_environ().is_main:
