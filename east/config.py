@@ -1,9 +1,13 @@
 """Typed, frozen configuration of one cell: data, model, training, sparsity.
 
 A cell is one (row, arch, dataset, sparsity, method configuration, seed). Its run directory
-is named from a hash of the *semantic* fields, so renaming a row or changing a log
-interval retrains nothing, while changing anything that affects the result does.
-This module is torch-free: it runs in the Snakefile and in ``east grid check``.
+is named from a hash of the *semantic* fields that differ from their defaults (open_lth's
+scheme), with the defaults' version (``SCHEMA_VERSION``): renaming a row or changing a log
+interval retrains nothing, changing anything that affects the result does, and adding a
+knob whose default reproduces today's behaviour renames nothing. Run directories named by
+an older scheme are recognised (``CellConfig.legacy_cell_ids``) and renamed by
+``east runs migrate``. This module is torch-free: it runs in the Snakefile and in
+``east grid check``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import math
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Union
 
@@ -74,6 +79,24 @@ def resolve_duration(value: Duration, steps_per_epoch: int, total_steps: int) ->
     return max(0, math.floor(total + 0.5))
 
 
+# A field's rule: (valid(value), what it must be). The config classes own their rules
+# (``RULES``), so that a grid, a hand-written cell.json and the trainer all check a field
+# the same way, once, where it is defined.
+Rule = tuple[Callable[[Any], bool], str]
+
+
+def _one_of(choices: tuple[str, ...]) -> Rule:
+    return (lambda v: v in choices, f"must be one of {', '.join(choices)}")
+
+
+def _at_least(low: float, *, none: str = "") -> Rule:
+    text = f"must be >= {low:g}" + (f" or null ({none})" if none else "")
+    return (lambda v: (none and v is None) or (v is not None and v >= low), text)
+
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     name: str
@@ -83,6 +106,12 @@ class DataConfig:
     crop_padding: int = 4
     # Horizontal flips suit natural images, not digits (a mirrored 2 is no digit).
     hflip: bool = True
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "val_fraction": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+        "crop_padding": _at_least(0),
+        "root": (lambda v: bool(v.strip()), "must not be empty"),
+    }
 
 
 @dataclass(frozen=True)
@@ -94,6 +123,11 @@ class ModelConfig:
     conv_init: str = "pytorch"
 
     CONV_INITS: ClassVar[tuple[str, ...]] = ("pytorch", "kaiming_fan_out")
+    STEMS: ClassVar[tuple[str, ...]] = ("cifar", "imagenet")
+    RULES: ClassVar[dict[str, Rule]] = {
+        "stem": _one_of(STEMS),
+        "conv_init": _one_of(CONV_INITS),
+    }
 
 
 @dataclass(frozen=True)
@@ -129,6 +163,28 @@ class TrainConfig:
     LR_SCHEDULES: ClassVar[tuple[str, ...]] = ("multistep", "cosine", "onecycle", "constant")
     PRECISIONS: ClassVar[tuple[str, ...]] = ("auto", "fp32", "bf16")
     GRAD_CLIP_SCOPES: ClassVar[tuple[str, ...]] = ("dense", "masked")
+    CHANNELS_LAST: ClassVar[tuple[str, ...]] = ("auto", "on", "off", "true", "false")
+    RULES: ClassVar[dict[str, Rule]] = {
+        "epochs": _at_least(1),
+        "batch_size": _at_least(1),
+        "lr": (lambda v: v > 0, "must be > 0"),
+        "momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+        "weight_decay": _at_least(0),
+        "lr_schedule": _one_of(LR_SCHEDULES),
+        "lr_gamma": (lambda v: v > 0, "must be > 0"),
+        "label_smoothing": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+        "grad_clip": (lambda v: v is None or v > 0, "must be > 0 or null (no clipping)"),
+        "grad_clip_scope": _one_of(GRAD_CLIP_SCOPES),
+        "precision": _one_of(PRECISIONS),
+        "channels_last": _one_of(CHANNELS_LAST),
+        "device": (lambda v: bool(_DEVICE.fullmatch(v)), "must be auto, cpu, cuda or cuda:N"),
+        "log_every": _at_least(1),
+        # 0: a checkpoint after every step (tests of pre-emption use it).
+        "checkpoint_minutes": _at_least(0),
+        "workers": _at_least(0),
+        "eval_batch_size": _at_least(1),
+        "threads": _at_least(1, none="torch's default"),
+    }
 
 
 @dataclass(frozen=True)
@@ -168,6 +224,19 @@ class SparsityConfig:
     cycle_interval: Duration = 100
 
     DISTRIBUTIONS: ClassVar[tuple[str, ...]] = ("erk", "uniform")
+    RULES: ClassVar[dict[str, Rule]] = {
+        "sparsity": (lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
+        "distribution": _one_of(DISTRIBUTIONS),
+        "drop_fraction": (lambda v: 0.0 <= v <= 1.0, "must be in [0, 1]"),
+        "drop_schedule": _one_of(("cosine", "constant")),
+        "initial_density": (lambda v: 0.0 < v <= 1.0, "must be in (0, 1]"),
+        "mest_lambda": _at_least(0),
+        "synflow_rounds": _at_least(1),
+        # R = 1 would share block 0's convs, whose input width or stride differ.
+        "sharing_ratio": _at_least(2),
+        "cycles": _at_least(1),
+        "cycle_max_factor": _at_least(1),
+    }
 
 
 # Fields that do not change what a cell computes: excluded from the content hash.
@@ -248,12 +317,16 @@ def build_section(cls: type, raw: Any, where: str) -> Any:
         if name not in raw:
             raise EastError(f"{where}.{name}: missing required key")
     values: dict[str, Any] = {}
+    rules: dict[str, Rule] = getattr(cls, "RULES", {})
     for name, value in raw.items():
         annotation = types_[name]
         if not _type_ok(value, annotation):
             raise EastError(
                 f"{where}.{name}: expected {_type_name(annotation)}, got {value!r}"
             )
+        rule = rules.get(name)
+        if rule is not None and not rule[0](value):
+            raise EastError(f"{where}.{name}: {rule[1]}, got {value!r}")
         if typing.get_origin(annotation) is tuple:
             value = tuple(value)
         if annotation is float and isinstance(value, int):
@@ -267,6 +340,20 @@ def _section_dict(section: Any) -> dict[str, Any]:
     for f in dataclasses.fields(section):
         value = getattr(section, f.name)
         out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _sha256(blob: dict[str, Any]) -> str:
+    text = json.dumps(blob, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _field_defaults(cls: type) -> dict[str, Any]:
+    """Field name -> its default (as ``to_dict`` writes it) for fields that have one."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = list(f.default) if isinstance(f.default, tuple) else f.default
     return out
 
 
@@ -337,26 +424,52 @@ class CellConfig:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
     def semantic_dict(self) -> dict[str, Any]:
-        """What the result depends on: no row name, no seed, no execution knobs."""
-        out: dict[str, Any] = {"schema_version": self.schema_version}
-        for name in SECTIONS:
+        """What the result depends on and the run id hashes: the semantic fields that
+        differ from their dataclass defaults (required fields always), and the defaults'
+        version. No row name, no seed, no execution knobs."""
+        out: dict[str, Any] = {"defaults": self.schema_version}
+        for name, cls in SECTIONS.items():
+            defaults = _field_defaults(cls)
             section = _section_dict(getattr(self, name))
-            out[name] = {k: v for k, v in section.items() if k not in NON_SEMANTIC[name]}
+            out[name] = {k: v for k, v in section.items()
+                         if k not in NON_SEMANTIC[name] and (k not in defaults
+                                                             or v != defaults[k])}
         return out
 
     def content_hash(self) -> str:
-        blob = json.dumps(self.semantic_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+        return _sha256(self.semantic_dict())
 
     def cell_id(self) -> str:
-        sparsity = f"{self.sparsity.sparsity:.6g}"
-        return (
-            f"{self.model.arch}-{self.data.name}-{self.sparsity.method}-s{sparsity}-"
-            f"{self.content_hash()[:10]}"
-        )
+        return self._named(self.content_hash())
 
     def run_dir(self, runs_root: str = "results/runs") -> str:
         return f"{runs_root}/{self.cell_id()}/seed{self.seed}"
+
+    def legacy_content_hashes(self) -> list[str]:
+        """The hashes older east versions gave this cell (every semantic field hashed,
+        ``schema_version`` included): for version 2, and for version 1 when the cell's
+        version-2 fields hold what version 1 meant. Checkpoints and run directories of
+        those versions are recognised by them."""
+        full = {"schema_version": SCHEMA_VERSION}
+        for name in SECTIONS:
+            section = _section_dict(getattr(self, name))
+            full[name] = {k: v for k, v in section.items() if k not in NON_SEMANTIC[name]}
+        hashes = [_sha256(full)]
+        v1 = dict(full, schema_version=1)
+        added = SCHEMA_UPGRADES[1]
+        if all(full[sec].get(k) == v for sec, values in added.items() for k, v in values.items()):
+            for section, values in added.items():
+                v1[section] = {k: v for k, v in full[section].items() if k not in values}
+            hashes.append(_sha256(v1))
+        return hashes
+
+    def legacy_cell_ids(self) -> list[str]:
+        return [self._named(h) for h in self.legacy_content_hashes()]
+
+    def _named(self, digest: str) -> str:
+        sparsity = f"{self.sparsity.sparsity:.6g}"
+        return (f"{self.model.arch}-{self.data.name}-{self.sparsity.method}-s{sparsity}-"
+                f"{digest[:10]}")
 
     @property
     def activation(self) -> str:

@@ -137,7 +137,8 @@ def _trained_metrics(run: Path, cell: Any, summary: dict[str, Any], *, device: s
     from east.data import build_test_loader, dataset_info
     from east.flops import analyze
     from east.train import distributed as D
-    from east.train.loop import evaluate_loader, resolve_device, resolve_precision
+    from east.train.devices import resolve_device, resolve_precision
+    from east.train.step import evaluate_loader
 
     # train.device is an execution knob of training: evaluate wherever this runs.
     dev = resolve_device(device, "auto", D.DistEnv())

@@ -15,19 +15,23 @@ then the method preset fills every sparsity knob the row left unset
 ``params/README.md``.
 
 Validation collects every error of every file before giving up; each reads
-``<file>:<row>: <field>: <what is wrong>``. Torch-free: the Snakefile and ``east grid``
-import this module. YAML is read with ``yaml.safe_load`` only.
+``<file>:<row>: <field>: <what is wrong>``. Beyond the format it finds what the submitting
+host can know before any job starts: repeated YAML keys (with their lines), schedules the
+run's length makes impossible, and (``check_data``) missing or malformed ImageNet folders;
+``grid_notes`` lists valid settings that do nothing. Torch-free: the Snakefile and ``east
+grid`` import this module. YAML is read with ``GridLoader``, a ``yaml.SafeLoader``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import math
 import re
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,10 +46,12 @@ from east.config import (
     SparsityConfig,
     TrainConfig,
     build_section,
+    resolve_duration,
 )
 from east.data.registry import DATASETS
 from east.errors import EastError
-from east.sparsity.presets import METHODS, PRESETS, resolve_sparsity
+from east.sparsity.presets import METHODS, PRESETS, SETTABLE_KNOBS, resolve_sparsity
+from east.sparsity.timing import timing_problems
 
 DEFAULT_GRIDS: tuple[str, ...] = ("params/demo.yaml",)
 DEFAULTS_PATH = "params/defaults.yaml"
@@ -81,52 +87,12 @@ _AXIS_FIELDS: dict[str, dict[str, str]] = {
 }
 _SPARSITY_FIELDS = frozenset(f.name for f in dataclasses.fields(SparsityConfig))
 # Knobs some method lets a row set (the others, e.g. init, are fixed by the presets).
-_SETTABLE_KNOBS = frozenset(
-    key for _defaults, allowed in PRESETS.values() for key in allowed
-) - {"method", "sparsity"}
-
-Check = tuple[Callable[[Any], bool], str]
-# Value ranges that the dataclass types cannot express.
-_VALUE_CHECKS: dict[str, dict[str, Check]] = {
-    "train": {
-        "epochs": (lambda v: v >= 1, "must be >= 1"),
-        "batch_size": (lambda v: v >= 1, "must be >= 1"),
-        "lr": (lambda v: v > 0, "must be > 0"),
-        "momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
-        "weight_decay": (lambda v: v >= 0, "must be >= 0"),
-        "lr_schedule": (
-            lambda v: v in TrainConfig.LR_SCHEDULES,
-            f"must be one of {', '.join(TrainConfig.LR_SCHEDULES)}",
-        ),
-        "lr_gamma": (lambda v: v > 0, "must be > 0"),
-        "label_smoothing": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
-        "grad_clip": (lambda v: v is None or v > 0, "must be > 0 or null (no clipping)"),
-        "grad_clip_scope": (
-            lambda v: v in TrainConfig.GRAD_CLIP_SCOPES,
-            f"must be one of {', '.join(TrainConfig.GRAD_CLIP_SCOPES)}",
-        ),
-        "threads": (lambda v: v is None or v >= 1, "must be >= 1 or null (torch's default)"),
-        "precision": (
-            lambda v: v in TrainConfig.PRECISIONS,
-            f"must be one of {', '.join(TrainConfig.PRECISIONS)}",
-        ),
-        "log_every": (lambda v: v >= 1, "must be >= 1"),
-        "checkpoint_minutes": (lambda v: v > 0, "must be > 0"),
-        "workers": (lambda v: v >= 0, "must be >= 0"),
-        "eval_batch_size": (lambda v: v >= 1, "must be >= 1"),
-    },
-    "data": {
-        "val_fraction": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
-        "crop_padding": (lambda v: v >= 0, "must be >= 0"),
-        "root": (lambda v: bool(v.strip()), "must not be empty"),
-    },
-    "model": {
-        "stem": (lambda v: v in ("cifar", "imagenet"), "must be one of cifar, imagenet"),
-        "conv_init": (
-            lambda v: v in ModelConfig.CONV_INITS,
-            f"must be one of {', '.join(ModelConfig.CONV_INITS)}",
-        ),
-    },
+_SETTABLE_KNOBS = SETTABLE_KNOBS
+# The keys of each override mapping, in dataclass order (for "did you mean" hints).
+_SECTION_FIELDS: dict[str, tuple[str, ...]] = {
+    **{name: tuple(f.name for f in dataclasses.fields(cls))
+       for name, cls in _SECTION_CLASSES.items()},
+    "method_args": tuple(sorted(_SETTABLE_KNOBS)),
 }
 
 
@@ -196,6 +162,19 @@ class GridCell:
         }
 
 
+def resolve_run_dir(config: CellConfig, runs_root: str) -> str:
+    """The cell's run directory: today's id, or an older id's directory where one exists
+    and today's does not (results from before a run-id change count until
+    ``east runs migrate`` renames them)."""
+    current = config.run_dir(runs_root)
+    if not Path(current).exists():
+        for legacy in config.legacy_cell_ids():
+            path = f"{runs_root}/{legacy}/seed{config.seed}"
+            if Path(path).is_dir():
+                return path
+    return current
+
+
 def cell_file_config(config: CellConfig) -> CellConfig:
     """What the pipeline writes as ``cell.json``: the config without the row name.
 
@@ -229,24 +208,127 @@ class _Errors:
 _MISSING = object()
 
 
+class GridLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` reading ``1e6`` and ``1e-4`` as numbers, as YAML 1.2 (and DVC's
+    params reader) do: YAML 1.1 wants ``1.0e+6`` and would hand ``lr: 1e6`` over as text."""
+
+
+GridLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
 def _read_yaml(path: Path, shown: str, errors: _Errors) -> Any:
-    """The parsed document (None for an empty file), or ``_MISSING`` after an error."""
+    """The parsed document (None for an empty file), or ``_MISSING`` after an error.
+
+    A mapping that repeats a key is an error (YAML itself would keep the last value
+    silently); the rest of the file is still read and checked.
+    """
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         errors.add(f"{shown}: file not found")
         return _MISSING
-    except (OSError, UnicodeDecodeError) as error:
-        errors.add(f"{shown}: cannot read: {error}")
+    except OSError as error:
+        errors.add(f"{shown}: cannot read: {error.strerror or error}")
         return _MISSING
     try:
-        return yaml.safe_load(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line_start = data.rfind(b"\n", 0, error.start) + 1
+        line = data.count(b"\n", 0, error.start) + 1
+        column = len(data[line_start:error.start].decode("utf-8")) + 1
+        errors.add(f"{shown}: not UTF-8 at line {line}, column {column} (byte "
+                   f"0x{data[error.start]:02x}); save the file as UTF-8")
+        return _MISSING
+    loader = GridLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _repeated_keys(node, shown, errors)
+        return loader.construct_document(node)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or str(error)
         errors.add(f"{shown}: not valid YAML{where}: {problem}")
         return _MISSING
+    finally:
+        loader.dispose()
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _repeated_keys(top: yaml.Node, shown: str, errors: _Errors) -> None:
+    """Report every key a mapping of the document repeats, with both line numbers.
+
+    Messages are placed like the other errors: ``<file>:<row>: <field>: ...`` inside a
+    row (named by its ``name``), ``<file>:defaults: ...``, ``<file>:datasets.<name>: ...``
+    in a defaults file, ``<file>: ...`` at the top.
+    """
+    seen: set[int] = set()  # an anchor's node is visited once, however often it is aliased
+
+    def walk(node: yaml.Node, where: str, prefix: str, depth: int) -> None:
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                walk(item, where, prefix, depth)
+            return
+        if not isinstance(node, yaml.MappingNode):
+            return
+        first: dict[str, yaml.Mark] = {}
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == _MERGE_TAG:
+                continue
+            if key.value in first:
+                errors.add(f"{where}: {prefix}{key.value}: "
+                           f"{_repeated(key.start_mark, first[key.value])}")
+            else:
+                first[key.value] = key.start_mark
+            if depth == 0 and key.value == "rows" and isinstance(value, yaml.SequenceNode):
+                for index, row in enumerate(value.value):
+                    walk(row, f"{shown}:{_row_name(row, index)}", "", 1)
+            elif depth == 0 and key.value == "defaults":
+                walk(value, f"{shown}:defaults", "", 1)
+            elif depth == 0 and key.value in DEFAULTS_FILE_KEYS and isinstance(
+                    value, yaml.MappingNode):
+                seen.add(id(value))
+                names: dict[str, yaml.Mark] = {}
+                for name, section in value.value:
+                    label = getattr(name, "value", "?")
+                    if label in names:
+                        errors.add(f"{shown}: {key.value}.{label}: "
+                                   f"{_repeated(name.start_mark, names[label])}")
+                    names.setdefault(label, name.start_mark)
+                    walk(section, f"{shown}:{key.value}.{label}", "", 1)
+            else:
+                walk(value, where, f"{prefix}{key.value}.", depth + 1)
+
+    walk(top, shown, "", 0)
+
+
+def _repeated(mark: yaml.Mark, first: yaml.Mark) -> str:
+    """'repeated key at line 9 (first at line 7); ...', columns when on one line."""
+    here, there = f"line {mark.line + 1}", f"line {first.line + 1}"
+    if mark.line == first.line:
+        here, there = f"{here}, column {mark.column + 1}", f"column {first.column + 1}"
+    return f"repeated key at {here} (first at {there}); YAML would silently keep the last one"
+
+
+def _row_name(row: yaml.Node, index: int) -> str:
+    """A row's name as error lines show it: its ``name`` if valid, else ``rows[i]``."""
+    if isinstance(row, yaml.MappingNode):
+        for key, value in row.value:
+            if (getattr(key, "value", None) == "name" and isinstance(value, yaml.ScalarNode)
+                    and ROW_NAME.match(value.value)):
+                return value.value
+    return f"rows[{index}]"
 
 
 def _type_name(value: Any) -> str:
@@ -261,11 +343,31 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _did_you_mean(value: Any, choices: Iterable[str]) -> str:
+    """', did you mean 'x'?' for a near miss of one of ``choices`` (else '')."""
+    if not isinstance(value, str):
+        return ""
+    match = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.8)
+    return f", did you mean '{match[0]}'?" if match else ""
+
+
+def _section_field(key: str) -> str:
+    """'train.epochs' for a row key that belongs in an override mapping (else '')."""
+    for name, fields in _SECTION_FIELDS.items():
+        if key in fields and key not in _AXIS_FIELDS.get(name, {}):
+            return f"{name}.{key}"
+    return ""
+
+
 def _check_keys(raw: dict[str, Any], allowed: Sequence[str], where: str, errors: _Errors) -> bool:
     ok = True
     for key in raw:
         if key not in allowed:
-            errors.add(f"{where}: {key}: unknown key (allowed: {', '.join(allowed)})")
+            hint = _did_you_mean(key, allowed)
+            if not hint and any(k in allowed for k in SECTION_KEYS):
+                field = _section_field(str(key))
+                hint = f", did you mean '{field}'?" if field else ""
+            errors.add(f"{where}: {key}: unknown key{hint} (allowed: {', '.join(allowed)})")
             ok = False
     return ok
 
@@ -290,15 +392,16 @@ def _check_section(name: str, raw: Any, where: str, errors: _Errors) -> bool:
         if name == "method_args":
             ok &= _check_method_arg(key, value, where, errors)
             continue
-        try:
-            build_section(_SECTION_CLASSES[name], {**_STUBS[name], key: value}, f"{where}: {name}")
-        except EastError as error:
-            errors.add(str(error))
+        fields = _SECTION_FIELDS[name]
+        if key not in fields:
+            errors.add(f"{field_where}: unknown key{_did_you_mean(key, fields)} "
+                       f"(allowed: {', '.join(fields)})")
             ok = False
             continue
-        check = _VALUE_CHECKS.get(name, {}).get(key)
-        if check is not None and not check[0](value):
-            errors.add(f"{field_where}: {check[1]}, got {value!r}")
+        try:
+            build_section(_SECTION_CLASSES[name], {**_STUBS[name], key: value}, f"{where}: {name}")
+        except EastError as error:  # the type, or the field's rule (config's RULES)
+            errors.add(str(error))
             ok = False
     return ok
 
@@ -307,12 +410,13 @@ def _check_method_arg(key: str, value: Any, where: str, errors: _Errors) -> bool
     """Type and range of one method knob, checked with a method that accepts it."""
     settable = sorted(_SETTABLE_KNOBS)
     if key not in _SPARSITY_FIELDS:
-        errors.add(f"{where}: method_args.{key}: unknown key (allowed: {', '.join(settable)})")
+        errors.add(f"{where}: method_args.{key}: unknown key{_did_you_mean(key, settable)} "
+                   f"(allowed: {', '.join(settable)})")
         return False
     if key not in settable:
         errors.add(f"{where}: method_args.{key}: fixed by the method preset, not settable")
         return False
-    method = next(m for m, (_d, allowed) in PRESETS.items() if key in allowed)
+    method = next(name for name, spec in PRESETS.items() if key in spec.knobs)
     try:
         resolve_sparsity({"method": method, key: value}, f"{where}: method_args")
     except EastError as error:
@@ -350,10 +454,12 @@ def _check_axis(key: str, value: Any, where: str, errors: _Errors) -> bool:
 def _axis_item_problem(key: str, item: Any) -> str:
     if key == "arch":
         if not isinstance(item, str) or item not in KNOWN_ARCHS:
-            return f"unknown arch {item!r} (known: {', '.join(KNOWN_ARCHS)})"
+            hint = _did_you_mean(item, KNOWN_ARCHS)
+            return f"unknown arch {item!r}{hint} (known: {', '.join(KNOWN_ARCHS)})"
     elif key == "dataset":
         if not isinstance(item, str) or item not in DATASETS:
-            return f"unknown dataset {item!r} (known: {', '.join(DATASETS)})"
+            hint = _did_you_mean(item, DATASETS)
+            return f"unknown dataset {item!r}{hint} (known: {', '.join(DATASETS)})"
     elif key == "sparsity":
         if not _is_number(item) or not math.isfinite(item):
             return f"expected a number in [0, 1), got {item!r}"
@@ -379,7 +485,8 @@ def _check_entry(
         elif key == "method":
             if not isinstance(value, str) or value not in PRESETS:
                 known = ", ".join(METHODS)
-                errors.add(f"{where}: method: unknown method {value!r} (known: {known})")
+                hint = _did_you_mean(value, METHODS)
+                errors.add(f"{where}: method: unknown method {value!r}{hint} (known: {known})")
                 ok = False
         elif key in LIST_KEYS:
             ok &= _check_axis(key, value, where, errors)
@@ -531,7 +638,7 @@ def _resolve_row(row: _Row, defaults: Defaults, runs_root: str, errors: _Errors)
         levels = [float(s) for s in _as_list(merged.get("sparsity", [0.0]))]
     seeds = _as_list(merged.get("seeds", list(DEFAULT_SEEDS)))
     label = row.raw.get("label", row.name)
-    _defaults, allowed = PRESETS[method]
+    allowed = PRESETS[method].knobs
     cells: list[GridCell] = []
     for dataset in datasets:
         info = DATASETS[dataset]
@@ -569,7 +676,7 @@ def _resolve_row(row: _Row, defaults: Defaults, runs_root: str, errors: _Errors)
                             label=label,
                             protocol=protocol,
                             config=config,
-                            run_dir=config.run_dir(runs_root),
+                            run_dir=resolve_run_dir(config, runs_root),
                         )
                     )
     return cells
@@ -643,15 +750,31 @@ def _first_difference(
     return prefix.rstrip(".") or "config", a, b
 
 
+def is_defaults_file(path: str | Path, defaults_path: str | Path = DEFAULTS_PATH) -> bool:
+    """Whether ``path`` is the training-defaults file (read with every grid, not a grid):
+    ``east grid check params/*.yaml`` checks it as what it is."""
+    try:
+        return Path(path).resolve() == Path(defaults_path).resolve()
+    except OSError:
+        return False
+
+
 def check_grids(
     paths: Sequence[str | Path] | None = None,
     *,
     defaults_path: str | Path = DEFAULTS_PATH,
     runs_root: str = RUNS_ROOT,
+    check_data: bool = False,
 ) -> tuple[list[GridCell], list[str]]:
-    """Expand grid files into cells; return (cells, every error line) without raising."""
+    """Expand grid files into cells; return (cells, every error line) without raising.
+
+    The defaults file may be among ``paths``: it is checked as the defaults file. With
+    ``check_data``, the ImageNet folder of every ImageNet cell not yet evaluated is checked
+    too (what the submitting host can know before any job starts).
+    """
     errors = _Errors()
     shown_paths = list(dict.fromkeys(str(p) for p in (paths or DEFAULT_GRIDS)))
+    shown_paths = [p for p in shown_paths if not is_defaults_file(p, defaults_path)]
     defaults = _load_defaults(Path(defaults_path), str(defaults_path), errors)
     names: dict[str, str] = {}
     cells: list[GridCell] = []
@@ -669,22 +792,124 @@ def check_grids(
     for row in rows:
         cells.extend(_resolve_row(row, defaults, runs_root, errors))
     _check_shared_cells(cells, errors)
+    for cell in cells:
+        for line in _schedule_problems(cell)[0]:
+            errors.add(line)
+    if check_data:
+        _check_data(cells, errors)
     return cells, errors.lines
 
 
+# ----------------------------------------------------------------------------- schedules
+
+
+def run_length(config: CellConfig) -> tuple[int, int]:
+    """(iterations per epoch, iterations in all) as the trainer counts them: the training
+    split (the pool less the held-out validation images) in batches of
+    ``train.batch_size``, the last one partial."""
+    info = DATASETS[config.data.name]
+    images = info.split_sizes(config.data.val_fraction)["train"]
+    per_epoch = math.ceil(images / config.train.batch_size)
+    return per_epoch, per_epoch * config.train.epochs
+
+
+def _schedule_problems(cell: GridCell) -> tuple[list[str], list[tuple[str, str]]]:
+    """(errors, notes) that the run's length implies for one cell.
+
+    Errors are what the trainer would refuse at start (a duration resolving to no
+    iteration, a schedule that cannot fit): the same checks, made before submission.
+    Notes, as (field, line), are valid settings that do nothing: a schedule point beyond
+    the last iteration.
+    """
+    config, where = cell.config, f"{cell.file}:{cell.row}"
+    per_epoch, total = run_length(config)
+    run = (f"the run has {total} iterations: {config.train.epochs} epochs of {per_epoch} "
+           f"on {cell.dataset}")
+    s, t = config.sparsity, config.train
+
+    def it(value: Any) -> int:
+        return resolve_duration(value, per_epoch, total)
+
+    def point(value: Any) -> str:  # 'iteration 4000', "'120%' = iteration 65"
+        return f"iteration {value}" if isinstance(value, int) else (
+            f"{value!r} = iteration {it(value)}")
+
+    errors = [f"{where}: {line}" for line in timing_problems(s, per_epoch, total,
+                                                              prefix="method_args", run=run)]
+    notes: list[tuple[str, str]] = []
+    if t.lr_schedule != "constant" and it(t.warmup) >= total > 0:
+        errors.append(f"{where}: train.warmup: {t.warmup!r} is {it(t.warmup)} iterations, "
+                      f"not shorter than the run ({run})")
+    if errors:
+        return errors, notes
+    if s.drop != "none":  # drop-and-grow: due every interval in (start, update_end)
+        interval, end = it(s.update_interval), min(it(s.update_end), total)
+        start = s.cycles * it(s.cycle_length) if s.cyclic else 0
+        first = (start // interval + 1) * interval
+        if first >= end and interval >= total:
+            every = (f"{interval} iterations" if isinstance(s.update_interval, int)
+                     else f"{s.update_interval!r} = {interval} iterations")
+            notes.append(("update_interval", (
+                f"{where}: method_args.update_interval: every {every} is beyond the run "
+                f"({run}): no mask update ever happens")))
+        elif first >= end:
+            after = " after the cycles" if s.cyclic else ""
+            notes.append(("update_interval", (
+                f"{where}: method_args.update_interval: {s.update_interval!r} puts the first "
+                f"update{after} at iteration {first}, not before update_end "
+                f"{s.update_end!r} (iteration {end}; {run}): no mask update ever happens")))
+    if t.lr_schedule == "multistep":
+        for milestone in t.lr_milestones:
+            if it(milestone) >= total:
+                notes.append((f"lr_milestones {milestone!r}", (
+                    f"{where}: train.lr_milestones: {point(milestone)} is beyond the run "
+                    f"({run}): the lr never decays there")))
+    if s.dyrelu and it(s.dyrelu_end) >= total:
+        notes.append(("dyrelu_end", (
+            f"{where}: method_args.dyrelu_end: {point(s.dyrelu_end)} is beyond the run "
+            f"({run}): DyReLU is never fully phased out (β > 0 at the last step)")))
+    return errors, notes
+
+
+def _check_data(cells: Iterable[GridCell], errors: _Errors) -> None:
+    """One line per row whose ImageNet folder is missing or malformed (cells already
+    evaluated need no data and are skipped); each folder is scanned once."""
+    from east.data.layout import validate_imagenet
+
+    verdicts: dict[str, str] = {}
+    for cell in cells:
+        if cell.dataset != "imagenet" or (Path(cell.run_dir) / "metrics.json").is_file():
+            continue
+        root = cell.config.data.root
+        if root not in verdicts:
+            try:
+                validate_imagenet(root, expected_classes=DATASETS["imagenet"].num_classes)
+                verdicts[root] = ""
+            except EastError as error:
+                verdicts[root] = str(error)
+        if verdicts[root]:
+            errors.add(f"{cell.file}:{cell.row}: data.root: {verdicts[root]}")
+
+
 def grid_notes(cells: Iterable[GridCell]) -> list[str]:
-    """Valid but probably unintended settings, one line per (row, arch): a row that asks
-    for in-stage sharing on a network where no stage has more than R blocks trains exactly
-    as it would without sharing."""
-    notes: dict[tuple[str, str, str], str] = {}
+    """Valid but probably unintended settings, one line per (row, arch or run length):
+
+    - a row that asks for in-stage sharing on a network where no stage has more than R
+      blocks trains exactly as it would without sharing;
+    - a schedule point beyond the run's last iteration (an ``update_interval`` longer than
+      the run: no mask update ever happens; an lr milestone never reached; DyReLU never
+      phased out).
+    """
+    notes: dict[tuple[str, ...], str] = {}
     for cell in cells:
         ratio = cell.config.sharing_ratio
-        if ratio is None or shared_blocks(cell.arch, ratio):
-            continue
-        notes.setdefault((cell.file, cell.row, cell.arch), (
-            f"{cell.file}:{cell.row}: sharing: no effect on {cell.arch} (no stage has more "
-            f"than R = {ratio} blocks), so these cells train as without sharing"
-        ))
+        if ratio is not None and not shared_blocks(cell.arch, ratio):
+            notes.setdefault((cell.file, cell.row, "sharing", cell.arch), (
+                f"{cell.file}:{cell.row}: sharing: no effect on {cell.arch} (no stage has "
+                f"more than R = {ratio} blocks), so these cells train as without sharing"
+            ))
+        for _field, line in _schedule_problems(cell)[1]:
+            notes.setdefault((line,), line)
     return list(notes.values())
 
 
@@ -712,13 +937,30 @@ def unique_runs(cells: Iterable[GridCell]) -> dict[str, GridCell]:
     return runs
 
 
+def _json_status(path: Path) -> str:
+    """The ``status`` a summary.json or metrics.json records ('' when none or unreadable)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return ""
+    return str(data.get("status", "")) if isinstance(data, dict) else ""
+
+
 def run_status(run_dir: str | Path) -> str:
-    """evaluated | trained | started | new, from the files in a run directory."""
+    """evaluated | diverged | trained | failed | started | new, from a run directory's files.
+
+    ``diverged``: training stopped on a non-finite loss (a result, not retrained);
+    ``failed``: the last train or evaluate job failed (``FAILED.json``, see
+    ``east.pipeline``).
+    """
+    from east.pipeline import FAILURE_FILE
+
     path = Path(run_dir)
-    if (path / "metrics.json").is_file():
-        return "evaluated"
-    if (path / "summary.json").is_file():
-        return "trained"
+    for name, done in (("metrics.json", "evaluated"), ("summary.json", "trained")):
+        if (path / name).is_file():
+            return "diverged" if _json_status(path / name) == "diverged" else done
+    if (path / FAILURE_FILE).is_file():
+        return "failed"
     if (path / "checkpoints").is_dir() or (path / "history.jsonl").is_file():
         return "started"
     return "new"
@@ -737,16 +979,24 @@ def _print_errors(errors: Sequence[str], files: Sequence[str]) -> None:
 def cmd_check(args: argparse.Namespace) -> int:
     """``east grid check [FILES]``: print every error, one per line; exit 2 on any."""
     files = list(args.files or DEFAULT_GRIDS)
-    cells, errors = check_grids(files)
+    cells, errors = check_grids(files, check_data=not getattr(args, "no_data", False))
     if errors:
         _print_errors(errors, files)
+        if any(": data.root: " in line for line in errors):
+            print("east: `east grid check --no-data` checks the grids without their data",
+                  file=sys.stderr)
         return 2
-    rows = {(c.file, c.row) for c in cells}
-    runs = unique_runs(cells)
-    print(
-        f"{', '.join(files)}: OK: {len(rows)} rows, {len(cells)} cells, "
-        f"{len(runs)} distinct runs", flush=True,
-    )
+    grids = [f for f in files if not is_defaults_file(f)]
+    if grids:
+        rows = {(c.file, c.row) for c in cells}
+        print(
+            f"{', '.join(grids)}: OK: {len(rows)} rows, {len(cells)} cells, "
+            f"{len(unique_runs(cells))} distinct runs", flush=True,
+        )
+    for shown in files:
+        if is_defaults_file(shown):
+            print(f"{shown}: OK: the training defaults (read with every grid; not a grid)",
+                  flush=True)
     for note in grid_notes(cells):
         print(f"east: note: {note}", file=sys.stderr)
     return 0

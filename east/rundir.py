@@ -11,6 +11,8 @@ the model files' format. Every reader and writer of a run directory takes names 
 | ``summary.json`` | train | the done-marker |
 | ``metrics.json`` | evaluate | test accuracy, counts, FLOPs |
 | ``.lock`` | train, evaluate, export | the one-writer lock (``east.runlock``); empty unless held |
+| ``model.east`` | export (optional) | the sparse model (``east export --format sparse``) |
+| ``inference.json`` | export (optional) | the sparse model's counts and measured speed-up |
 
 A *model file* is one ``torch.save`` of ``{"format": MODEL_FORMAT, "state_dict": {...},
 "meta": {...}}``, loadable with ``weights_only=True``. ``meta`` says which model it is
@@ -34,7 +36,11 @@ HISTORY_FILE = "history.jsonl"
 MODEL_FILE = "model.pt"
 BEST_FILE = "best.pt"
 CHECKPOINT_DIR = "checkpoints"
+# A new best model waits here until a checkpoint counts its epoch (then becomes best.pt).
+BEST_CANDIDATE = f"{CHECKPOINT_DIR}/best-candidate.pt"
 LOCK_FILE = ".lock"
+SPARSE_FILE = "model.east"  # east.deploy's format; written only by `east export --format sparse`
+INFERENCE_FILE = "inference.json"
 
 MODEL_FORMAT = "east-model/1"
 

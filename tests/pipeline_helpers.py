@@ -17,8 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 # What a copy of the repository needs to run the workflow and the DVC stage.
-_COPIED = ("east", "workflow", "params", "dvc.yaml", ".dvcignore", ".gitignore",
-           "results/README.md", "reports/README.md")
+_COPIED = ("Snakefile", "east", "workflow", "profiles", "params", "dvc.yaml", ".dvcignore",
+           ".gitignore", "results/README.md", "reports/README.md")
 
 # The tiny DAG: digits, resnet20, one epoch. `static-again` resolves to the same cell as
 # `static` (another label): it is trained once and reported under both rows.

@@ -3,6 +3,7 @@ the history file's append/truncate semantics."""
 
 from __future__ import annotations
 
+import pathlib
 import random
 
 import numpy as np
@@ -77,7 +78,8 @@ def test_flipped_byte_caught_by_sha256_without_sidecar_torch_load_still_checks(t
     ckpt.sidecar(latest).unlink()
     latest.write_bytes(bytes(data[:100]))
     loaded = ckpt.load_latest(tmp_path)
-    assert loaded.step == 1 and "torch.load failed" in loaded.rejected[0][1]
+    assert loaded.step == 1 and loaded.rejected[0][1].startswith(
+        "checkpoint is not readable (PytorchStreamReader failed")
 
 
 def test_all_unreadable_is_a_user_error_and_deletes_nothing(tmp_path) -> None:
@@ -87,6 +89,29 @@ def test_all_unreadable_is_a_user_error_and_deletes_nothing(tmp_path) -> None:
     with pytest.raises(EastError, match="no readable checkpoint"):
         ckpt.load_latest(tmp_path)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+
+
+def test_a_checkpoint_holding_code_is_refused_with_easts_reason(tmp_path, capsys) -> None:
+    # A pickle payload: an object torch's weights_only loader would only build if told to
+    # trust the file (its advice). Its sidecar matches, so only the content can tell.
+    ckpt.save_checkpoint(tmp_path, 1, _state(1))
+    ckpt.save_checkpoint(tmp_path, 2, {"step": 2, "payload": pathlib.PurePosixPath("x")})
+    loaded = ckpt.load_latest(tmp_path)
+    assert loaded.step == 1
+    assert loaded.rejected[0][1] == "checkpoint holds objects other than tensors; refusing to load"
+    ckpt.quarantine(loaded.rejected, loaded.path)
+    err = capsys.readouterr().err
+    assert "ckpt-2.pt is unreadable (checkpoint holds objects other than tensors" in err
+    assert "weights_only" not in err
+    # Alone, it stops the run with one line (exit 2), still without torch's advice.
+    (tmp_path / "checkpoints" / "ckpt-1.pt").unlink()
+    (tmp_path / "checkpoints" / "ckpt-2.pt.corrupt").rename(tmp_path / "checkpoints" / "ckpt-2.pt")
+    with pytest.raises(EastError) as raised:
+        ckpt.load_latest(tmp_path)
+    assert str(raised.value) == (
+        f"{tmp_path / 'checkpoints'}: no readable checkpoint: ckpt-2.pt (checkpoint holds "
+        "objects other than tensors; refusing to load); remove the checkpoints/ folder to "
+        "train this cell from the start")
 
 
 def test_rng_states_survive_weights_only(tmp_path) -> None:

@@ -205,8 +205,9 @@ def test_export_resnet18_to_torchvision(tmp_path, one_thread) -> None:
 
     from east.errors import EastError
     from east.models import build_model
+    from east.models.export import torchvision_twin
     from east.sparsity.methods import build_sparsifier
-    from east.train.export import export_run, torchvision_twin
+    from east.train.export import export_run
 
     cell = make_cell(method="static", sparsity=0.9, arch="resnet18", epochs=1)
     run = tmp_path / "run"

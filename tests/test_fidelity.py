@@ -18,9 +18,10 @@ from train_helpers import free_port, load_meta, load_weights, make_cell
 from east.config import CellConfig, ModelConfig, TrainConfig, build_section
 from east.models import build_model
 from east.train import distributed as D
-from east.train.loop import BestTracker, StepContext, train_step
 from east.train.optim import build_schedule
 from east.train.run import train_cell
+from east.train.state import BestTracker
+from east.train.step import StepContext, train_step
 
 # ----------------------------------------------------------------------------- clipping
 
@@ -294,7 +295,7 @@ def test_conv_init_switch_draws_pytorch_default_or_kaiming_fan_out() -> None:
     conv = conv.detach()
     assert float(conv.abs().max()) <= bound
     assert float(conv.std()) == pytest.approx(bound / math.sqrt(3), rel=0.1)
-    assert float(he.layer2[0].conv1.weight.std()) == pytest.approx(math.sqrt(2 / (32 * 9)),
+    assert float(he.layer2[0].conv1.weight.detach().std()) == pytest.approx(math.sqrt(2 / (32 * 9)),
                                                                   rel=0.1)
     # Only convs differ: the classifier and BN keep their constructors' init.
     assert torch.equal(default.bn1.weight, he.bn1.weight)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -97,7 +98,7 @@ def test_sharing_that_shares_nothing_is_noted_once_per_row(tmp_path: Path,
     cells, errors = check_grids([grid(tmp_path, rows)], defaults_path=defaults)
     assert not errors and len(cells) == 10
     shown = str(tmp_path / "g.yaml")
-    assert grid_notes(cells) == [
+    assert [note for note in grid_notes(cells) if ": sharing: " in note] == [
         f"{shown}:east18: sharing: no effect on resnet18 (no stage has more than R = 2 "
         "blocks), so these cells train as without sharing"
     ]
@@ -296,16 +297,22 @@ def test_rows_may_share_a_cell(tmp_path: Path, defaults: str) -> None:
 
 ALLOWED_ROW_KEYS = ", ".join(ROW_KEYS)
 CASES: list[tuple[str, dict[str, Any], str]] = [
-    ("unknown key", {"epochs": 3},
-     f"g.yaml:r: epochs: unknown key (allowed: {ALLOWED_ROW_KEYS})"),
+    ("unknown key", {"colour": 3},
+     f"g.yaml:r: colour: unknown key (allowed: {ALLOWED_ROW_KEYS})"),
+    ("misspelt key", {"sparsty": [0.9]},
+     f"g.yaml:r: sparsty: unknown key, did you mean 'sparsity'? (allowed: {ALLOWED_ROW_KEYS})"),
+    ("section key in the row", {"epochs": 3},
+     f"g.yaml:r: epochs: unknown key, did you mean 'train.epochs'? (allowed: {ALLOWED_ROW_KEYS})"),
     ("wrong type", {"train": {"epochs": "ten"}},
      "g.yaml:r: train.epochs: expected int, got 'ten'"),
     ("bool is not a number", {"train": {"lr": True}},
      "g.yaml:r: train.lr: expected float, got True"),
     ("section not a mapping", {"train": [1]}, "g.yaml:r: train: expected a mapping, got list"),
-    ("unknown train key", {"train": {"epoch": 3}}, "g.yaml:r: train.epoch: unknown key"),
+    ("unknown train key", {"train": {"epoch": 3}},
+     "g.yaml:r: train.epoch: unknown key, did you mean 'epochs'? (allowed: epochs, batch_size,"),
     ("unknown method", {"method": "rigll"},
-     f"g.yaml:r: method: unknown method 'rigll' (known: {', '.join(METHODS)})"),
+     f"g.yaml:r: method: unknown method 'rigll', did you mean 'rigl'? (known: "
+     f"{', '.join(METHODS)})"),
     ("unknown arch", {"arch": ["resnet20", "resnet99"]},
      f"g.yaml:r: arch: unknown arch 'resnet99' (known: {', '.join(KNOWN_ARCHS)})"),
     ("unknown dataset", {"dataset": "mnist"},
@@ -324,7 +331,10 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("knob fixed by the preset", {"method_args": {"init": "snip"}},
      "g.yaml:r: method_args.init: fixed by the method preset, not settable"),
     ("unknown knob", {"method_args": {"interval": 5}},
-     "g.yaml:r: method_args.interval: unknown key"),
+     "g.yaml:r: method_args.interval: unknown key (allowed: cycle_interval,"),
+    ("misspelt knob", {"method_args": {"update_intervall": 5}},
+     "g.yaml:r: method_args.update_intervall: unknown key, did you mean 'update_interval'? "
+     "(allowed: "),
     ("knob out of range", {"method": "rigl", "method_args": {"drop_fraction": 1.5}},
      "g.yaml:r: method_args.drop_fraction: must be in [0, 1], got 1.5"),
     ("level set in method_args", {"method_args": {"sparsity": 0.5}},
@@ -462,7 +472,7 @@ def test_every_method_resolves_with_its_preset(tmp_path: Path, defaults: str) ->
              **({} if m == "dense" else {"sparsity": [0.9]})} for m in METHODS]
     cells = load_grids([grid(tmp_path, rows)], defaults_path=defaults)
     for cell in cells:
-        preset = PRESETS[cell.method][0]
+        preset = PRESETS[cell.method].preset()
         for key, value in preset.items():
             assert getattr(cell.config.sparsity, key) == value, (cell.method, key)
 
@@ -526,3 +536,199 @@ def test_grid_list_command(capsys: pytest.CaptureFixture[str],
     assert len(lines) == 1 + len(cells)
     first = load_grids(["params/demo.yaml"])[0]
     assert lines[1].split()[0] == first.row and lines[1].split()[-1] == first.run_dir
+
+
+# ----------------------------------------------------------------------------- before submission
+
+
+def test_repeated_keys_name_file_line_and_key(tmp_path: Path, defaults: str) -> None:
+    path = write(tmp_path / "g.yaml", (
+        "defaults:\n"                                  # 1
+        "  arch: resnet20\n"                           # 2
+        "  arch: resnet18\n"                           # 3
+        "rows:\n"                                      # 4
+        "  - name: r\n"                                # 5
+        "    method: static\n"                         # 6
+        "    dataset: digits\n"                        # 7
+        "    sparsity: [0.9]\n"                        # 8
+        "    train: {epochs: 3, lr: 0.1, lr: 0.2}\n"   # 9
+        "    sparsity: [0.5]\n"                        # 10
+        "  - {name: q, method: static, dataset: digits, sparsity: [0.9]}\n"  # 11
+        "description: one\n"                           # 12
+        "description: two\n"                           # 13
+    ))
+    assert errors_of([path], defaults) == [  # in the file's order
+        f"{path}:defaults: arch: repeated key at line 3 (first at line 2); YAML would "
+        "silently keep the last one",
+        f"{path}:r: train.lr: repeated key at line 9, column 33 (first at column 24); YAML "
+        "would silently keep the last one",
+        f"{path}:r: sparsity: repeated key at line 10 (first at line 8); YAML would silently "
+        "keep the last one",
+        f"{path}: description: repeated key at line 13 (first at line 12); YAML would "
+        "silently keep the last one",
+    ]
+    # The defaults file too, where a section may be repeated whole.
+    bad = write(tmp_path / "defaults.yaml", (
+        "datasets:\n  digits: {train: {epochs: 3}}\n  digits:\n    train: {epochs: 4, epochs: 5}\n"
+    ))
+    assert errors_of([grid(tmp_path, [BASE_ROW])], bad) == [
+        f"{bad}: datasets.digits: repeated key at line 3 (first at line 2); YAML would "
+        "silently keep the last one",
+        f"{bad}:datasets.digits: train.epochs: repeated key at line 4, column 24 (first at "
+        "column 13); YAML would silently keep the last one",
+    ]
+
+
+def test_a_file_that_is_not_utf8_names_the_line(tmp_path: Path, defaults: str) -> None:
+    path = tmp_path / "g.yaml"
+    path.write_bytes("rows:\n  - name: r\n    label: Réseau\n".encode()
+                     + b"    protocol: caf\xe9\n")
+    assert errors_of([str(path)], defaults) == [
+        f"{path}: not UTF-8 at line 4, column 18 (byte 0xe9); save the file as UTF-8"]
+
+
+def test_the_defaults_file_among_the_grids_is_checked_as_defaults(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(REPO)
+    files = sorted(str(p.relative_to(REPO)) for p in PARAMS.glob("*.yaml"))
+    assert "params/defaults.yaml" in files
+    # What a user types first; --no-data: this machine has no ImageNet.
+    assert main(["grid", "check", "--no-data", *files]) == 0
+    out = capsys.readouterr().out.splitlines()
+    grids = [f for f in files if f != "params/defaults.yaml"]
+    assert out[0].startswith(f"{', '.join(grids)}: OK: ")
+    assert out[1:] == ["params/defaults.yaml: OK: the training defaults (read with every grid; "
+                       "not a grid)"]
+    # A broken defaults file is named as such, not as a grid without rows.
+    broken = write(tmp_path / "defaults.yaml", {"datasets": {"digits": {"train": {"epochs": 0}}}})
+    cells, lines = check_grids([broken], defaults_path=broken)
+    assert cells == [] and lines == [f"{broken}:datasets.digits: train.epochs: must be >= 1, got 0"]
+
+
+def test_a_schedule_point_beyond_the_run_is_a_note_per_row(tmp_path: Path,
+                                                           defaults: str) -> None:
+    # digits with the test defaults: 1,150 training images in batches of 64 = 18
+    # iterations per epoch, 3 epochs: 54 iterations.
+    rows = [{**BASE_ROW, "name": "rigl", "method": "rigl", "sparsity": [0.9, 0.99],
+             "seeds": [0, 1], "method_args": {"update_interval": 4000}},
+            {**BASE_ROW, "name": "ok", "method": "rigl", "method_args": {"update_interval": 10}},
+            {**BASE_ROW, "name": "late", "method": "set",
+             "method_args": {"update_interval": "1ep", "update_end": "1ep"},
+             "train": {"lr_milestones": ["50%", 60]}},
+            {**BASE_ROW, "name": "dy", "method_args": {"dyrelu": True, "dyrelu_end": "2ep+40"}}]
+    cells, errors = check_grids([grid(tmp_path, rows)], defaults_path=defaults)
+    assert not errors and len(cells) == 7
+    run = "the run has 54 iterations: 3 epochs of 18 on digits"
+    shown = str(tmp_path / "g.yaml")
+    assert grid_notes(cells) == [
+        f"{shown}:rigl: method_args.update_interval: every 4000 iterations is beyond the run "
+        f"({run}): no mask update ever happens",
+        f"{shown}:late: method_args.update_interval: '1ep' puts the first update at "
+        f"iteration 18, not before update_end '1ep' (iteration 18; {run}): no mask update "
+        "ever happens",
+        f"{shown}:late: train.lr_milestones: iteration 60 is beyond the run ({run}): the lr "
+        "never decays there",
+        f"{shown}:dy: method_args.dyrelu_end: '2ep+40' = iteration 76 is beyond the run "
+        f"({run}): DyReLU is never fully phased out (β > 0 at the last step)",
+    ]
+
+
+def test_what_the_trainer_would_refuse_at_start_is_an_error_now(tmp_path: Path,
+                                                                 defaults: str) -> None:
+    rows = [{**BASE_ROW, "name": "gmp", "method": "gmp", "method_args": {"prune_end": "120%"}},
+            {**BASE_ROW, "name": "cyc", "method": "rigl",
+             "method_args": {"cyclic": True, "cycles": 4, "cycle_length": "1ep"}},
+            {**BASE_ROW, "name": "warm", "train": {"warmup": "3ep"}},
+            {**BASE_ROW, "name": "tiny", "method": "set",
+             "method_args": {"update_interval": "0.5%"}}]
+    run = "the run has 54 iterations: 3 epochs of 18 on digits"
+    lines = [line.replace(str(tmp_path) + "/", "") for line in errors_of(
+        [grid(tmp_path, rows)], defaults)]
+    assert lines == [
+        f"g.yaml:gmp: method_args.prune_end: '120%' is iteration 65, past the end of training "
+        f"({run}): the target sparsity would never be reached",
+        f"g.yaml:cyc: method_args.cycle_length: 4 cycles of '1ep' (18 iterations each) do not "
+        f"fit ({run})",
+        f"g.yaml:warm: train.warmup: '3ep' is 54 iterations, not shorter than the run ({run})",
+        f"g.yaml:tiny: method_args.update_interval: '0.5%' resolves to 0 iterations ({run}); "
+        "it must be at least 1",
+    ]
+
+
+def _imagenet(root: Path, classes: int = 1000, *, flat_val: bool = False) -> None:
+    for split in ("train", "val"):
+        (root / "imagenet" / split).mkdir(parents=True)
+        if split == "val" and flat_val:
+            (root / "imagenet" / split / "ILSVRC2012_val_00000001.JPEG").write_bytes(b"")
+            continue
+        for index in range(classes):
+            (root / "imagenet" / split / f"n{index:08d}").mkdir()
+
+
+def test_an_imagenet_row_without_its_folder_fails_the_check(tmp_path: Path,
+                                                           defaults: str) -> None:
+    root = tmp_path / "data"
+    rows = [{**BASE_ROW, "name": "in1", "dataset": "imagenet", "arch": "resnet50",
+             "sparsity": [0.9, 0.99], "data": {"root": str(root)}, "train": {"epochs": 1}},
+            {**BASE_ROW, "name": "in2", "dataset": "imagenet", "arch": "resnet50",
+             "data": {"root": str(root)}, "train": {"epochs": 1}},
+            {**BASE_ROW, "name": "digits"}]
+    path = grid(tmp_path, rows)
+    assert check_grids([path], defaults_path=defaults)[1] == []  # the format alone is fine
+    expected = (f"data.root: dataset imagenet not found under {root}/: place ImageNet as "
+                f"{root}/imagenet/{{train,val}}/<wnid>/*.JPEG (ImageFolder layout; it cannot "
+                "be downloaded)")
+    _, lines = check_grids([path], defaults_path=defaults, check_data=True)
+    assert lines == [f"{path}:in1: {expected}", f"{path}:in2: {expected}"]
+    _imagenet(root, flat_val=True)
+    _, lines = check_grids([path], defaults_path=defaults, check_data=True)
+    assert lines[0] == (
+        f"{path}:in1: data.root: imagenet val/ has image files but no class folders "
+        f"({root}/imagenet/val): the official validation archive is flat; sort it into "
+        "val/<wnid>/ folders")
+    shutil.rmtree(root)
+    _imagenet(root)
+    assert check_grids([path], defaults_path=defaults, check_data=True)[1] == []
+    # A cell already evaluated needs no data: once all are, the folder may go.
+    shutil.rmtree(root)
+    runs = str(tmp_path / "runs")
+    for cell in load_grids([path], defaults_path=defaults, runs_root=runs):
+        Path(cell.run_dir).mkdir(parents=True, exist_ok=True)
+        (Path(cell.run_dir) / "metrics.json").write_text("{}")
+    assert check_grids([path], defaults_path=defaults, runs_root=runs, check_data=True)[1] == []
+
+
+def test_grid_list_into_head_exits_quietly() -> None:
+    process = subprocess.Popen([sys.executable, "-m", "east", "grid", "list", "--json",
+                                "params/paper.yaml"], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.readline() == b"[\n"
+    process.stdout.close()  # what `| head -1` does once it has its line
+    assert process.wait(timeout=60) == 141
+    assert process.stderr.read() == b""
+
+
+def test_run_status_tells_diverged_and_failed_runs(tmp_path: Path) -> None:
+    from east.grid import run_status
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert run_status(run) == "new"
+    (run / "FAILED.json").write_text('{"rule": "train", "exit_code": 2}')
+    assert run_status(run) == "failed"
+    (run / "summary.json").write_text('{"status": "diverged"}')
+    assert run_status(run) == "diverged"
+    (run / "summary.json").write_text('{"status": "done"}')
+    assert run_status(run) == "trained"
+    (run / "metrics.json").write_text('{"status": "diverged", "test_acc": null}')
+    assert run_status(run) == "diverged"
+
+
+def test_exponent_numbers_are_numbers(tmp_path: Path, defaults: str) -> None:
+    # YAML 1.1 (PyYAML) reads 1e6 as text; a researcher writing `lr: 1e6` means a number.
+    path = write(tmp_path / "g.yaml", "rows:\n  - {name: r, method: static, arch: resnet20, "
+                 "dataset: digits, sparsity: [0.9], train: {lr: 1e6, weight_decay: 5e-4}}\n")
+    (cell,) = load_grids([path], defaults_path=defaults)
+    assert (cell.config.train.lr, cell.config.train.weight_decay) == (1e6, 5e-4)

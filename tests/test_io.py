@@ -34,3 +34,20 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path: Path) -> N
         atomic_write(target, explode)
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.txt"]
+
+
+def test_a_model_file_holding_code_is_refused_with_easts_message(tmp_path: Path) -> None:
+    import pathlib
+
+    import torch
+
+    from east.errors import EastError
+    from east.rundir import load_model_file
+
+    path = tmp_path / "model.pt"
+    torch.save({"format": "east-model/1", "state_dict": {}, "meta": {},
+                "payload": pathlib.PurePosixPath("code")}, path)
+    with pytest.raises(EastError) as raised:
+        load_model_file(path)
+    assert str(raised.value) == (f"{path}: model file holds objects other than tensors; "
+                                 "refusing to load")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import inspect
 import io
 import itertools
 import math
@@ -16,7 +15,6 @@ import torch.nn.functional as F
 
 from east.errors import EastError
 from east.models import build_model
-from east.sparsity import methods as M
 from east.sparsity import scores as S
 from east.sparsity.budget import allocate, density_total
 from east.sparsity.methods import Sparsifier, build_sparsifier
@@ -471,20 +469,82 @@ def test_load_state_dict_rejects_other_config() -> None:
 # --------------------------------------------------------------------------- the table
 
 
-def test_every_method_has_a_recipe_citing_its_paper() -> None:
-    assert tuple(M.RECIPES) == METHODS
+def test_every_method_is_a_preset_of_parts_citing_its_paper() -> None:
+    from east.sparsity import parts as P
+
     for name in METHODS:
-        doc = inspect.getdoc(getattr(M, f"_{name}"))
-        assert doc, name
+        spec = PRESETS[name]
         if name not in ("dense", "static"):
-            assert re.search(r"(19|20)\d\d", doc), name
+            assert re.search(r"(19|20)\d\d", spec.reference), name
+        # The knobs a row may set are exactly those of the method's parts.
+        assert spec.knobs == {"method", "sparsity"} | {k for p in spec.parts for k in p.knobs}
+    assert PRESETS["rigl"].knobs == {"method", "sparsity", *P.DISTRIBUTION.knobs,
+                                     *P.TIMING.knobs, *(k for t in P.TRICKS.values()
+                                                        for k in t.knobs)}
+    assert "distribution" not in PRESETS["synflow"].knobs  # global scores allocate
+    assert "synflow_rounds" in PRESETS["synflow"].knobs
+    assert {"prune_end", "update_interval"} <= PRESETS["granet"].knobs
     # Every EAST trick is a switch of every drop-and-grow method.
     assert set(DYNAMIC_METHODS) == {"set", "rigl", "granet", "mest", "east"}
     for name in DYNAMIC_METHODS:
         resolve_sparsity({"method": name, "sparsity": 0.9, "cyclic": True, "dyrelu": True,
                           "sharing": True}, "t")
-    assert PRESETS["rigl"][0]["update_interval"] == 4000
-    assert PRESETS["set"][0]["update_interval"] == 1500
+    assert PRESETS["rigl"].defaults["update_interval"] == 4000
+    assert PRESETS["set"].defaults["update_interval"] == 1500
+
+
+def test_docs_hold_the_method_table() -> None:
+    """docs/design.md shows the table the code validates with, verbatim."""
+    from pathlib import Path
+
+    from east.sparsity.presets import method_table
+
+    design = (Path(__file__).resolve().parents[1] / "docs" / "design.md").read_text()
+    assert method_table() in design
+
+
+@pytest.mark.parametrize(("method", "grows_by_gradient"),
+                         [("rigl", True), ("set", False), ("mest", False)])
+def test_cyclic_growth_uses_the_rows_own_scorers(method: str, grows_by_gradient: bool) -> None:
+    """RigL's cycles grow by |grad|, SET's and MEST's at random (their grow scorer); MEST's
+    cycles also prune by its own |w| + λ|g|."""
+    knobs = {"mest_lambda": 2.0} if method == "mest" else {}
+    model, sp, opt = make(method, sparsity=0.99, cyclic=True, cycles=1, cycle_length=8,
+                          cycle_interval=2, update_interval=100, **knobs)
+    sp.initialize(model, [], None)
+    grown_by_top_grad: list[bool] = []
+    pruned_by_score: list[bool] = []
+    updates_without_gradient = 0
+
+    def on_update(step: int, before: dict, weights: list, grads: Any) -> None:
+        nonlocal updates_without_gradient
+        if grads is None:  # no scorer of the update reads a gradient: none was kept
+            updates_without_gradient += 1
+            return
+        for i, name in enumerate(sp.names):
+            old, new = before[name], sp.masks[name]
+            g = grads.by_layer[i].abs()
+            grown, dropped, kept = ~old & new, old & ~new, old & new
+            if grown.sum() >= 3 and (~old & ~new).any():
+                grown_by_top_grad.append(bool(g[grown].min() >= g[~old & ~new].max()))
+            if method == "mest" and dropped.any() and kept.any():
+                score = weights[i].abs() + 2.0 * g
+                pruned_by_score.append(bool(score[dropped].max() <= score[kept].min()))
+
+    train(model, sp, opt, range(8), on_update)
+    assert sp.updates == 4
+    if method == "set":  # magnitude drop, random growth: no gradient is ever taken
+        assert updates_without_gradient == 4 and not grown_by_top_grad
+    else:
+        assert grown_by_top_grad  # growth happened in layers big enough to tell
+    if grows_by_gradient:
+        assert all(grown_by_top_grad)
+    else:  # random growth is almost never exactly the top-|grad| set
+        assert not any(grown_by_top_grad)
+    if method == "mest":
+        assert pruned_by_score and all(pruned_by_score)
+    # Only gradient growth takes the gradient w.r.t. all weights (training FLOPs).
+    assert all(r.grows_by_gradient == grows_by_gradient for r in sp.rules)
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from torch import nn
 
 from east.models import ARCHS, DyReLUB, SharedConv2d, WeightCounts, build_model
 from east.models import dyrelu as dyrelu_mod
+from east.models.export import torchvision_state_dict
 
 # --- counts (the spec's table) -------------------------------------------------------------
 
@@ -340,7 +341,7 @@ def test_export_loads_into_torchvision(arch):
     model = build_model(arch, num_classes=7, in_channels=3, stem="imagenet").eval()
     _randomise_bn(model)
     model.conv1.register_buffer("weight_mask", torch.ones_like(model.conv1.weight, dtype=bool))
-    state = model.export_torchvision_state_dict()
+    state = torchvision_state_dict(model)
     assert not any(k.endswith("weight_mask") for k in state)
     assert torch.equal(state["fc.bias"], torch.zeros(7))
 
@@ -352,17 +353,20 @@ def test_export_loads_into_torchvision(arch):
 
 
 def test_export_refuses_what_torchvision_cannot_hold():
+    # A shared model is materialised (tests/test_export.py): torchvision's keys, one weight
+    # per conv.
     shared = build_model("resnet34", num_classes=10, in_channels=3, sharing_ratio=2)
-    with pytest.raises(ValueError, match="shared"):
-        shared.export_torchvision_state_dict()
+    plain = build_model("resnet34", num_classes=10, in_channels=3)
+    assert set(torchvision_state_dict(shared)) == set(
+        torchvision_state_dict(plain))
     with pytest.raises(ValueError, match="torchvision"):
-        build_model("resnet20", num_classes=10, in_channels=3).export_torchvision_state_dict()
+        torchvision_state_dict(build_model("resnet20", num_classes=10, in_channels=3))
     dy = build_model("resnet18", num_classes=10, in_channels=3, activation="dyrelu")
     with pytest.raises(ValueError, match="DyReLU"):
-        dy.export_torchvision_state_dict()
+        torchvision_state_dict(dy)
     dy.set_beta(0.0)  # exactly ReLU now: exports, without the DyReLU modules
     relu = build_model("resnet18", num_classes=10, in_channels=3)
-    assert set(dy.export_torchvision_state_dict()) == set(relu.export_torchvision_state_dict())
+    assert set(torchvision_state_dict(dy)) == set(torchvision_state_dict(relu))
 
 
 def test_cifar_stem_export_loads_into_patched_torchvision():
@@ -373,7 +377,7 @@ def test_cifar_stem_export_loads_into_patched_torchvision():
     reference = torchvision.models.resnet18(num_classes=10).eval()
     reference.conv1 = nn.Conv2d(3, 64, 3, padding=1, bias=False)  # the CIFAR stem
     reference.maxpool = nn.Identity()
-    reference.load_state_dict(model.export_torchvision_state_dict(), strict=True)
+    reference.load_state_dict(torchvision_state_dict(model), strict=True)
     x = torch.randn(1, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-6)
@@ -382,6 +386,6 @@ def test_cifar_stem_export_loads_into_patched_torchvision():
 def test_resnet34_export_matches_torchvision_layout():
     torchvision = pytest.importorskip("torchvision")
     model = build_model("resnet34", num_classes=100, in_channels=3, stem="imagenet")
-    state = model.export_torchvision_state_dict()
+    state = torchvision_state_dict(model)
     reference = torchvision.models.resnet34(num_classes=100).state_dict()
     assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in reference.items()}

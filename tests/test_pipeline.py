@@ -8,11 +8,14 @@ that repository and change it (rename, add a row) to check what Snakemake would 
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
+import torch
 import yaml
 from pipeline_helpers import (
     BIN,
@@ -27,6 +30,7 @@ from pipeline_helpers import (
 )
 
 from east.grid import cell_file_config, load_grids, unique_runs
+from east.pipeline import StepFailed, attempt, retryable
 
 # ----------------------------------------------------------------------------- planning
 
@@ -66,7 +70,7 @@ def test_lint_is_clean(tmp_path: Path) -> None:
 
 
 def test_snakefmt_is_clean() -> None:
-    result = run([str(BIN / "snakefmt"), "--check", "workflow"], REPO, check=False)
+    result = run([str(BIN / "snakefmt"), "--check", "Snakefile", "workflow"], REPO, check=False)
     assert result.returncode == 0, result.stdout
 
 
@@ -114,6 +118,95 @@ def test_grids_given_as_a_string_or_a_list(tmp_path: Path) -> None:
     ]
 
 
+def test_an_imagenet_row_without_its_folder_stops_the_dag_before_anything_runs(
+    tmp_path: Path,
+) -> None:
+    repo = make_repo(tmp_path / "repo", grid=None)
+    result = snakemake(repo, "-n", "--config", "grids=[params/imagenet.yaml]", check=False)
+    assert result.returncode == 1
+    layout = ("data.root: dataset imagenet not found under data/: place ImageNet as "
+              "data/imagenet/{train,val}/<wnid>/*.JPEG (ImageFolder layout; it cannot be "
+              "downloaded)")
+    assert [line for line in result.stdout.splitlines() if line.startswith("params/")] == [
+        f"params/imagenet.yaml:rigl-imagenet: {layout}",
+        f"params/imagenet.yaml:east-imagenet: {layout}",
+    ]
+    assert "east: error: 2 errors in params/imagenet.yaml: nothing was run" in result.stdout
+    assert "Job stats" not in result.stdout and "fetch_data" not in result.stdout
+
+
+def test_the_snakefile_is_at_the_root_and_defined_once() -> None:
+    from snakemake.cli import parse_args
+
+    assert (REPO / "Snakefile").is_file() and not (REPO / "workflow/Snakefile").exists()
+    assert {p.name for p in (REPO / "workflow/rules").glob("*.smk")} == {
+        "common.smk", "data.smk", "train.smk", "evaluate.smk", "report.smk"}
+    # From the root, Snakemake finds it and its workflow profile (the per-rule resources).
+    cwd = Path.cwd()
+    os.chdir(REPO)
+    try:
+        _, args = parse_args(["-n"])
+    finally:
+        os.chdir(cwd)
+    assert set(args.set_resources) == {"train", "evaluate"}
+
+
+# ----------------------------------------------------------------------------- retry policy
+
+
+def _fail(code: int) -> None:
+    raise subprocess.CalledProcessError(code, "east train")
+
+
+def test_a_permanent_failure_is_tried_once_and_its_log_says_why_once(tmp_path: Path) -> None:
+    run_dir, log = tmp_path / "run", tmp_path / "logs/train.log"
+    failing = attempt("train", run_dir, log, 1, attempts=4)
+    with pytest.raises(StepFailed, match=r"run: train exited 2 in attempt 1 of 4; see "), failing:
+        log.open("a").write("east: error: something the user must fix\n")
+        _fail(2)
+    failure = json.loads((run_dir / "FAILED.json").read_text())
+    assert {k: failure[k] for k in ("rule", "exit_code", "attempt", "retryable")} == {
+        "rule": "train", "exit_code": 2, "attempt": 1, "retryable": False}
+    before = log.read_text()
+    for number in (2, 3, 4):  # Snakemake's retries: each deletes the log first
+        log.unlink()
+        ran = []
+        retry = attempt("train", run_dir, log, number, attempts=4)
+        with pytest.raises(StepFailed, match="not retried: train exited 2 in attempt 1"), retry:
+            ran.append(number)
+        assert ran == [] and log.read_text() == before
+    lines = before.splitlines()
+    assert lines[0].startswith("east: train attempt 1 of 4 on ") and len(lines) == 3
+    assert lines[2].startswith("east: train exited 2: an error that a retry would repeat")
+    # A new Snakemake run (attempt 1 again) tries again, and success clears the marker.
+    log.unlink()
+    with attempt("train", run_dir, log, 1, attempts=4):
+        pass
+    assert not (run_dir / "FAILED.json").exists() and not (run_dir / "FAILED.log").exists()
+    assert log.read_text().count("east: train attempt ") == 2  # the history is kept
+
+
+@pytest.mark.parametrize("code", [75, 143, 137, -15])
+def test_preemption_and_time_limits_are_retried_and_resume(tmp_path: Path, code: int) -> None:
+    run_dir, log = tmp_path / "run", tmp_path / "train.log"
+    with pytest.raises(StepFailed), attempt("train", run_dir, log, 1, attempts=4):
+        _fail(code)
+    assert json.loads((run_dir / "FAILED.json").read_text())["retryable"] is True
+    assert f"east: train exited {code} (pre-empted or out of time; the checkpoint is kept): " \
+        "attempt 2 resumes it" in log.read_text()
+    log.unlink()
+    ran = []
+    with attempt("train", run_dir, log, 2, attempts=4):
+        ran.append(2)
+    assert ran == [2] and not (run_dir / "FAILED.json").exists()
+    assert log.read_text().count("east: train attempt ") == 2
+
+
+def test_only_preemption_and_signals_are_retryable() -> None:
+    assert [code for code in (0, 1, 2, 65, 73, 75, 130, 137, 139, 143, -9, -11, -15)
+            if retryable(code)] == [75, 137, 143, -9, -15]
+
+
 # ----------------------------------------------------------------------------- a tiny DAG
 
 
@@ -125,11 +218,19 @@ def dag(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return repo, result.stdout
 
 
+def train_attempts(log: Path) -> int:
+    """How many times a train job ran `east train` into this log (one header each)."""
+    return sum(line.startswith("east: train attempt ") for line in log.read_text().splitlines())
+
+
 def test_the_dag_ran_every_job_once(dag: tuple[Path, str]) -> None:
-    _, output = dag
+    repo, output = dag
     # Three rows, two distinct cells (static-again is static's cell).
     assert job_counts(output) == {"fetch_data": 1, "train": 2, "evaluate": 2, "report": 1,
                                   "all": 1}
+    logs = sorted((repo / "results/logs/train").glob("*/seed0.log"))
+    assert len(logs) == 2 and [train_attempts(log) for log in logs] == [1, 1]
+    assert (repo / "reports/.complete").is_file()
 
 
 def test_each_cell_has_its_files(dag: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -164,20 +265,102 @@ def test_a_second_run_does_nothing(dag: tuple[Path, str]) -> None:
     assert "Nothing to be done" in snakemake(repo, "-n").stdout
 
 
-def test_dvc_metrics_show_prints_the_report_metrics(dag: tuple[Path, str]) -> None:
+def test_dvc_metrics_show_prints_one_line_per_row_and_sparsity(dag: tuple[Path, str]) -> None:
     repo, _ = dag
     shown = json.loads(run([str(BIN / "dvc"), "metrics", "show", "--json"], repo).stdout)
     ((_, entry),) = shown.items()
-    data = entry["data"]["reports/metrics.json"]["data"]
-    # DVC shows the numbers (a single seed's null standard deviation is left out).
-    numbers = {key: {k: v for k, v in values.items() if isinstance(v, (int, float))}
+    data = {path: value["data"] for path, value in entry["data"].items()}
+    # DVC shows the numbers (a single seed's null standard deviation is left out), one
+    # file per line of reports/metrics.json.
+    numbers = {f"reports/metrics/{key.replace('/', '-')}.json":
+               {k: v for k, v in values.items() if isinstance(v, (int, float))}
                for key, values in json.loads((repo / "reports/metrics.json").read_text()).items()}
     assert data == numbers
-    assert data["resnet20/digits/static/0.9"]["test_acc_mean"] > 0
-    assert set(data) == {"resnet20/digits/dense/0", "resnet20/digits/static/0.9",
-                         "resnet20/digits/static-again/0.9"}
-    table = run([str(BIN / "dvc"), "metrics", "show"], repo).stdout
-    assert "reports/metrics.json" in table and "resnet20/digits/static/0.9" in table
+    assert set(data) == {"reports/metrics/resnet20-digits-dense-0.json",
+                         "reports/metrics/resnet20-digits-static-0.9.json",
+                         "reports/metrics/resnet20-digits-static-again-0.9.json"}
+    assert data["reports/metrics/resnet20-digits-static-0.9.json"]["test_acc_mean"] > 0
+    shown_md = run([str(BIN / "dvc"), "metrics", "show", "--md"], repo).stdout
+    table = [line for line in shown_md.splitlines() if line]
+    assert table[0].startswith("| Path ") and "| test_acc_mean " in table[0]
+    assert len(table) == 2 + 3  # header, rule, one line per (arch, dataset, row, sparsity)
+
+
+def test_dvc_plots_show_renders_every_plot_file(dag: tuple[Path, str]) -> None:
+    repo, _ = dag
+    shown = json.loads(run([str(BIN / "dvc"), "plots", "show", "--json"], repo).stdout)
+    assert "errors" not in shown
+    stage = yaml.safe_load((repo / "dvc.yaml").read_text())
+    used = {json.dumps(entry) for entry in stage["plots"]}
+    for csv in sorted((repo / "reports/plots").glob("*.csv")):
+        assert any(f"reports/plots/{csv.name}" in entry for entry in used), csv.name
+    for plot_id, plots in shown["data"].items():
+        path = plot_id if plot_id.endswith(".csv") else next(
+            iter(next(e for e in stage["plots"] if plot_id in e)[plot_id]["y"]))
+        rows = len((repo / path).read_text().splitlines()) - 1
+        values = [len(p["content"]["data"]["values"]) for p in plots]
+        assert (sum(values) > 0) == (rows > 0), (plot_id, values, rows)
+
+
+def test_a_diverging_and_a_failing_cell_do_not_block_the_report(
+    dag: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One diverging row (train.lr: 1e6): a result, trained once, "diverged" in the report
+    and not retrained. One cell whose training fails for good (its checkpoint holds code):
+    tried once, the retries stop at once, and the report rendered after the failure lists
+    it with its log. The cells already done stay done."""
+    repo = copy_repo(dag[0], tmp_path / "repo")
+    with (repo / "params/demo.yaml").open("a") as handle:
+        handle.write("  - name: diverge\n    method: static\n    train: {epochs: 1, lr: 1e6}\n"
+                     "  - name: broken\n    method: static\n    sparsity: [0.8]\n")
+    monkeypatch.chdir(repo)
+    cells = {cell.row: cell for cell in load_grids(["params/demo.yaml"])}
+    broken = repo / cells["broken"].run_dir
+    (broken / "checkpoints").mkdir(parents=True)
+    torch.save({"step": 1, "payload": PurePosixPath("code")}, broken / "checkpoints/ckpt-1.pt")
+
+    result = snakemake(repo, "--cores", "2", "--keep-going", check=False)
+    assert result.returncode == 1
+    assert job_counts(result.stdout) == {"train": 2, "evaluate": 2, "report": 1, "all": 1}
+    # Snakemake retries the failed job 3 times; each retry stops before running anything
+    # (the log below shows one attempt).
+    assert result.stdout.count("Trying to restart job") == 3
+    assert (f"{cells['broken'].run_dir}: not retried: train exited 2 in attempt 1 of 4, "
+            "which a retry would repeat") in result.stdout
+
+    def log_of(row: str) -> Path:
+        tail = cells[row].run_dir.removeprefix("results/runs/")
+        return repo / "results/logs/train" / f"{tail}.log"
+
+    assert {row: train_attempts(log_of(row)) for row in ("static", "dense", "diverge",
+                                                         "broken")} == dict.fromkeys(
+        ("static", "dense", "diverge", "broken"), 1)
+    lines = log_of("broken").read_text().splitlines()
+    assert lines[1:] == [
+        f"east: error: {cells['broken'].run_dir}/checkpoints: no readable checkpoint: ckpt-1.pt "
+        "(checkpoint holds objects other than tensors; refusing to load); remove the "
+        "checkpoints/ folder to train this cell from the start",
+        "east: train exited 2: an error that a retry would repeat, so it is not retried; fix "
+        "the cause (above) and run snakemake again",
+    ]
+    assert json.loads((broken / "FAILED.json").read_text())["exit_code"] == 2
+    # The report of what finished, the failed cell listed with its log.
+    results = {r["row"]: r for r in json.loads((repo / "reports/results.json").read_text())}
+    assert {row: r["status"] for row, r in results.items()} == {
+        "dense": "done", "static": "done", "static-again": "done", "diverge": "diverged",
+        "broken": "failed"}
+    assert results["broken"]["logs"] == str(log_of("broken").relative_to(repo))
+    assert results["broken"]["note"] == "train exited 2 in attempt 1 of 4"
+    summary = json.loads((repo / cells["diverge"].run_dir / "summary.json").read_text())
+    assert summary["status"] == "diverged" and not (
+        repo / cells["diverge"].run_dir / "model.pt").exists()
+    table = (repo / "reports/tables/resnet20-digits.md").read_text()
+    (line,) = [line for line in table.splitlines() if line.startswith("| diverge |")]
+    assert line.endswith("| diverged [1] |")  # the 90 % column, every seed diverged
+    assert not (repo / "reports/.complete").exists()
+    # Next time: the diverged cell is a result (not retrained); the failed one is retried.
+    assert job_counts(snakemake(repo, "-n").stdout) == {"train": 1, "evaluate": 1,
+                                                        "report": 1, "all": 1}
 
 
 def test_renaming_a_row_retrains_nothing(dag: tuple[Path, str], tmp_path: Path) -> None:

@@ -183,8 +183,8 @@ def test_missing_incomplete_and_failed_cells_are_marked_not_dropped(built) -> No
     assert status[INCOMPLETE] == ("incomplete", "trained, not evaluated")
     assert status[FAILED][0] == "failed"
     assert "metrics.json unreadable" in status[FAILED][1]
-    assert report.counts == {"done": len(results) - 3, "incomplete": 1, "failed": 1,
-                             "missing": 1}
+    assert report.counts == {"done": len(results) - 3, "diverged": 0, "incomplete": 1,
+                             "failed": 1, "missing": 1}
     text = (out / "tables" / "resnet20-digits.md").read_text()
     _header, rows = parse_markdown_table(text)
     set_cell = rows["SET"][SPARSITIES.index(MISSING[1])]
@@ -470,3 +470,127 @@ def test_cli_report_from_a_grid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     # The DyReLU variant is not RigL: only the plain row sits beside published RigL numbers.
     comparison = pd.read_csv(tmp_path / "out" / "comparison.csv")
     assert set(comparison["row"]) == {"tiny-rigl"}
+
+
+# ----------------------------------------------------------------------------- failures
+
+
+DIVERGED = {"epoch": 1, "step": 7, "last_finite_loss": 2.3026}
+
+
+def _diverged_run(run_dir: Path, cell: dict, *, evaluated: bool = True) -> None:
+    """A run whose training diverged: summary.json (and metrics.json once evaluated) say
+    so, with where, as the trainer and evaluator write them; no model.pt."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "summary.json").write_text(json.dumps({
+        "cell_id": run_dir.parent.name, "seed": cell["seed"], "status": "diverged",
+        "diverged": DIVERGED, "wall_time_s": 1.5}))
+    if evaluated:
+        (run_dir / "metrics.json").write_text(json.dumps({
+            "cell_id": run_dir.parent.name, "status": "diverged", "diverged": DIVERGED,
+            "test_acc": None, "test_acc_best_val": None,
+            **{k: cell[k] for k in ("arch", "dataset", "method", "sparsity", "seed")}}))
+
+
+@pytest.fixture(scope="module")
+def failures(tmp_path_factory: pytest.TempPathFactory):
+    """rigl: done; big-lr: every seed diverged; half: one seed done, one diverged (not yet
+    evaluated); broken: its train job failed (the pipeline's marker and log); never: no
+    run directory."""
+    root = tmp_path_factory.mktemp("failures")
+    runs, logs = root / "runs", root / "logs"
+    records = _cells(runs, "resnet20", "digits", "rigl", "rigl", [0.81, 0.83, 0.82], 0.9)
+    for row, seeds in (("big-lr", [0, 1, 2]), ("half", [0, 1]), ("broken", [0]),
+                       ("never", [0])):
+        for seed in seeds:
+            run_dir = runs / f"resnet20-digits-{row}" / f"seed{seed}"
+            tail = f"resnet20-digits-{row}/seed{seed}"
+            cell = {"row": row, "arch": "resnet20", "dataset": "digits", "method": "static",
+                    "sparsity": 0.9, "seed": seed, "run_dir": str(run_dir),
+                    "logs": f"{logs}/train/{tail}.log;{logs}/evaluate/{tail}.log"}
+            records.append(cell)
+            if row == "big-lr" or (row == "half" and seed == 1):
+                _diverged_run(run_dir, cell, evaluated=row == "big-lr")
+            elif row == "half":
+                write_metrics(run_dir, arch="resnet20", dataset="digits", method="static",
+                              sparsity=0.9, seed=0, acc=0.7)
+            elif row == "broken":
+                run_dir.mkdir(parents=True)
+                (run_dir / "FAILED.json").write_text(json.dumps({
+                    "rule": "train", "exit_code": 2, "attempt": 1, "attempts": 4,
+                    "retryable": False, "log": f"{logs}/train/{tail}.log"}))
+                (logs / "train" / f"resnet20-digits-{row}").mkdir(parents=True)
+                (logs / "train" / f"{tail}.log").write_text("east: error: ...\n")
+    out = root / "reports"
+    return build_report(pd.DataFrame(records), out, figures=False), out, logs
+
+
+def test_a_diverged_cell_reads_diverged_and_failed_cells_list_their_logs(failures) -> None:
+    report, out, logs = failures
+    assert report.counts == {"done": 4, "diverged": 4, "incomplete": 0, "failed": 1,
+                             "missing": 1}
+    results = pd.read_csv(out / "results.csv", keep_default_na=False)
+    why = {(r.row, r.seed): (r.status, r.note, r.logs) for r in results.itertuples()}
+    diverged = "epoch 1, step 7; last finite loss 2.303"
+    assert why[("big-lr", 0)] == ("diverged", diverged, "")
+    assert why[("half", 1)] == ("diverged", f"{diverged}; not evaluated yet", "")
+    broken_log = f"{logs}/train/resnet20-digits-broken/seed0.log"
+    assert why[("broken", 0)] == ("failed", "train exited 2 in attempt 1 of 4", broken_log)
+    assert why[("never", 0)] == ("missing", "no run directory", "")
+    assert why[("rigl", 0)] == ("done", "", "")
+    # The table: "diverged" where every seed diverged (as papers print it), a mean over
+    # the finished seeds with a footnote where some did.
+    text = (out / "tables" / "resnet20-digits.md").read_text()
+    _header, rows = parse_markdown_table(text)
+    assert rows["big-lr"] == ["diverged [1]"]
+    assert rows["half"] == ["70.00 (1 of 2) [2]"]
+    assert rows["broken"] == ["— [3]"]
+    assert "[1] seeds 0, 1, 2: diverged (epoch 1, step 7; last finite loss 2.303)" in text
+    assert "[3] seed 0: failed (train exited 2 in attempt 1 of 4)" in text
+    assert rows["rigl"] == ["**82.00 ± 1.00** (3)"]
+    tex = (out / "tables" / "resnet20-digits.tex").read_text()
+    assert "big-lr & diverged\\textsuperscript{1} \\\\" in tex
+    html = (out / "tables" / "resnet20-digits.html").read_text()
+    assert '<td class="diverged"><span class="diverged">diverged</span>' in html
+    # report.md and index.html list every cell not done, with the logs that exist.
+    markdown = (out / "report.md").read_text()
+    assert "## Cells not done" in markdown
+    assert (f"| resnet20 / digits | broken | 90% | 0 | failed | train exited 2 in attempt 1 "
+            f"of 4 | {out.parent}/runs/resnet20-digits-broken/seed0 | {broken_log} |"
+            ) in markdown.replace("\\_", "_").replace("\\-", "-")
+    index = (out / "index.html").read_text()
+    assert f"<td>{broken_log}</td></tr>" in index
+    assert index.count('<td class="diverged">diverged</td>') == 4
+    # dvc metrics: one small file per summary line; the flat file says what diverged.
+    flat = json.loads((out / "metrics.json").read_text())
+    assert flat["resnet20/digits/big-lr/0.9"] == {
+        "test_acc_mean": None, "test_acc_std": None, "test_acc_best_val_mean": None,
+        "seeds": 0, "seeds_expected": 3, "seeds_diverged": 3}
+    files = sorted(p.name for p in (out / "metrics").iterdir())
+    assert files == ["resnet20-digits-big-lr-0.9.json", "resnet20-digits-broken-0.9.json",
+                     "resnet20-digits-half-0.9.json", "resnet20-digits-never-0.9.json",
+                     "resnet20-digits-rigl-0.9.json"]
+    assert json.loads((out / "metrics" / "resnet20-digits-rigl-0.9.json").read_text()) == (
+        flat["resnet20/digits/rigl/0.9"])
+
+
+def test_density_plot_is_relative_to_the_unshared_network(tmp_path: Path) -> None:
+    # A 90 % EAST cell with weight sharing: nnz / unique weights ends at 0.156, nnz / the
+    # unshared network's weights at 0.1 = 1 - s, which is what "90 %" means.
+    run_dir = tmp_path / "resnet34-cifar10-east" / "seed0"
+    write_metrics(run_dir, arch="resnet34", dataset="cifar10", method="east", sparsity=0.9,
+                  seed=0, acc=0.9, dynamic_density=True)
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    for record, full in zip(history, [0.1, 0.3, 0.3, 0.1], strict=True):
+        record["density_full"], record["density"] = full, full * 1.56
+    (run_dir / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    expected = pd.DataFrame([{"row": "east", "arch": "resnet34", "dataset": "cifar10",
+                              "method": "east", "sparsity": 0.9, "seed": 0,
+                              "run_dir": str(run_dir)}])
+    report = build_report(expected, tmp_path / "out")
+    density = pd.read_csv(tmp_path / "out" / "plots" / "density_beta.csv")
+    assert density["density_mean"].round(9).tolist() == [0.1, 0.3, 0.3, 0.1]
+    assert density["target_density"].round(9).tolist() == [0.1] * 4
+    (plot,) = [p for p in report.plots if p.kind == "density"]
+    assert "masked weights of the unshared network" in plot.caption
+    assert "target 1 − s" in plot.caption

@@ -104,8 +104,8 @@ if point.startswith("inside-"):
         return atomic_write(path, torn if hit else write)
     ckpt.atomic_write = write_then_stop
 if point == "summary":
-    import east.train.loop as loop
-    loop.write_summary = stop
+    import east.train.callbacks as callbacks
+    callbacks.write_summary = stop
 outcome = train_cell(read_cell(cell_file), out, callbacks=[At()], progress=False)
 sys.exit(outcome.exit_code)
 """

@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
-from east.sparsity.methods import resolve_timing
 from east.sparsity.presets import resolve_sparsity
 from east.sparsity.schedules import Beta, CubicDensity, CyclicDensity, DropFraction, Periodic
+from east.sparsity.timing import resolve_timing
 
 EPOCHS, SPE = 250, 40  # the paper's 250 epochs, 40 iterations per epoch
 TOTAL = EPOCHS * SPE

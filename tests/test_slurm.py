@@ -7,6 +7,7 @@ are marked `slurm` and skipped when the cluster cannot be started here.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -20,8 +21,8 @@ import pytest
 import yaml
 from pipeline_helpers import REPO, env, job_counts, make_repo, snakemake
 
-WORKFLOW_PROFILE = REPO / "workflow/profiles/default/config.yaml"
-SLURM_PROFILE = REPO / "workflow/profiles/slurm/config.yaml"
+WORKFLOW_PROFILE = REPO / "profiles/default/config.yaml"
+SLURM_PROFILE = REPO / "profiles/slurm/config.yaml"
 TEST_PROFILE = REPO / "tests/profiles/slurm-cpu"
 CLUSTER = REPO / "tests/slurm_cluster.sh"
 # Keys the test variant may set differently from the real profile (test speed, a CPU-only
@@ -136,20 +137,29 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.mark.slurm
 def test_a_small_dag_runs_on_slurm(cluster: Path, tmp_path: Path) -> None:
+    """One good row and one diverging row (train.lr: 1e6): one report, one "diverged"
+    cell, exactly one training attempt each (no SLURM job resubmitted)."""
     grid = ("defaults: {arch: resnet20, dataset: digits, train: {epochs: 1}}\n"
-            "rows:\n  - {name: static, method: static, sparsity: [0.9]}\n")
+            "rows:\n  - {name: static, method: static, sparsity: [0.9]}\n"
+            "  - {name: diverge, method: static, sparsity: [0.9], train: {epochs: 1, lr: 1e6}}\n")
     repo = make_repo(tmp_path / "repo", grid=grid)
     result = snakemake(repo, "--profile", str(TEST_PROFILE), "--cores", "2")
-    assert job_counts(result.stdout) == {"fetch_data": 1, "train": 1, "evaluate": 1,
+    assert job_counts(result.stdout) == {"fetch_data": 1, "train": 2, "evaluate": 2,
                                          "report": 1, "all": 1}
-    submitted = dict(re.findall(
+    submitted = re.findall(
         r"has been submitted with SLURM jobid (\d+) \(log: .*/slurm_logs/rule_(\w+)/",
-        result.stdout))
-    assert sorted(submitted.values()) == ["evaluate", "train"]
-    assert len(list(repo.glob("results/runs/*/seed0/metrics.json"))) == 1
-    assert (repo / "reports/metrics.json").is_file()
+        result.stdout)
+    assert sorted(rule for _, rule in submitted) == ["evaluate", "evaluate", "train", "train"]
+    assert "Trying to restart job" not in result.stdout
+    logs = sorted(repo.glob("results/logs/train/*/seed0.log"))
+    assert [sum(line.startswith("east: train attempt 1 of 4 on ") for line in
+                log.read_text().splitlines()) for log in logs] == [1, 1]
+    results = {r["row"]: r for r in json.loads((repo / "reports/results.json").read_text())}
+    assert {row: r["status"] for row, r in results.items()} == {"static": "done",
+                                                                "diverge": "diverged"}
+    assert "| diverge | diverged [1] |" in (repo / "reports/report.md").read_text()
     # The workflow profile's resources reached SLURM; the CPU variant asks for no GPU.
-    train_id = next(job for job, rule in submitted.items() if rule == "train")
+    train_id = next(job for job, rule in submitted if rule == "train")  # both ask the same
     shown = subprocess.run(["scontrol", "show", "job", train_id], capture_output=True,
                            text=True, env=env(), check=True).stdout
     assert "NumCPUs=1 " in shown

@@ -28,9 +28,9 @@ from east.config import TrainConfig, build_section
 from east.errors import EastError
 from east.train import checkpoint as ckpt
 from east.train.history import read_history
-from east.train.loop import StepContext, train_step
 from east.train.optim import build_optimizer, build_schedule, parameter_groups
 from east.train.run import train_cell
+from east.train.step import StepContext, train_step
 
 STEPS_PER_EPOCH = 21  # digits: 1,294 training images in batches of 64
 
@@ -376,7 +376,7 @@ def test_bf16_channels_last_run_on_cpu_resumes(tmp_path) -> None:
 def test_progress_bar_on_a_tty() -> None:
     import io
 
-    from east.train.loop import Progress
+    from east.train.progress import Progress
 
     stream = io.StringIO()
     bar = Progress(label="[x]", total=4, start=1, log_every=1, enabled=True, tty=True,

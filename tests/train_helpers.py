@@ -140,11 +140,11 @@ def ddp_worker(rank: int, world: int, port: int, cell_json: str, out: str, dump:
 
     class Record:
         def on_step_end(self, trainer: Trainer, step: int) -> None:
-            prints.append(mask_fingerprint(trainer.model))
+            prints.append(mask_fingerprint(trainer.state.model))
 
     trainer = Trainer(cell, out, max_steps=max_steps, callbacks=[Record()], progress=False)
     outcome = trainer.run()
-    state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    state = {k: v.detach().clone() for k, v in trainer.state.model.state_dict().items()}
     torch.save({"exit": outcome.exit_code, "state": state, "fingerprints": torch.stack(prints),
-                "updates": trainer.sparsifier.density_log()["updates"],
-                "step": trainer.step}, Path(dump) / f"rank{rank}.pt")
+                "updates": trainer.state.sparsifier.density_log()["updates"],
+                "step": trainer.state.step}, Path(dump) / f"rank{rank}.pt")

@@ -32,6 +32,7 @@ def run_bench(*, quick: bool = False, device: str = "cpu", out: str | Path = "re
     import torch
 
     from east.bench import cases as C
+    from east.bench.inference import InferencePlan, sparse_inference_cases
     from east.bench.planning import find_repo_root
     from east.bench.workload import resolve_bench_device
 
@@ -54,11 +55,12 @@ def _run(plan: Any, dev: Any, device: str, root: Path | None, out: str | Path,
     import torch
 
     from east.bench import cases as C
+    from east.bench.inference import InferencePlan, sparse_inference_cases
     from east.bench.memory import memory_case
     from east.bench.planning import planning_case
     from east.bench.report import machine_info, now_utc, text_table, write_reports
     from east.bench.results import CaseResult
-    from east.train.loop import loop_settings
+    from east.train.devices import loop_settings
 
     quick = plan.quick
     began = time.perf_counter()
@@ -99,6 +101,9 @@ def _run(plan: Any, dev: Any, device: str, root: Path | None, out: str | Path,
         step_arch = plan.masked_archs[-1]
         results += timed("input pipeline", lambda: C.pipeline_cases(
             plan, dev, dense_step[step_arch], step_arch))
+    inference = InferencePlan.make(quick)
+    results += timed(f"sparse inference ({inference.arch}, CPU)",
+                     lambda: sparse_inference_cases(inference, log))
     results.append(timed(f"peak memory ({plan.memory_arch})", lambda: memory_case(
         arch=plan.memory_arch, sparse=C.RIGL, dense=C.DENSE, device=device,
         batch_size=plan.batch_size, image_size=plan.image_size,

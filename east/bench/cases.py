@@ -362,7 +362,7 @@ def update_cases(plan: Plan, dev: DeviceSetup) -> list[CaseResult]:
 
     "Extra seconds" are those of ``after_backward`` + ``after_step`` at an update step
     minus the same calls at an ordinary step. The counts come from the sparsifiers' own
-    schedules: RigL's ΔT = 4000 until 75 % of training; EAST's cyclic updates every 100
+    schedules: RigL's ΔT = 4000 over the whole run; EAST's cyclic updates every 100
     iterations through two cycles of 20 % each, then RigL's.
     """
     arch = plan.update_arch
@@ -401,7 +401,7 @@ def update_cases(plan: Plan, dev: DeviceSetup) -> list[CaseResult]:
     rigl_share = shares([(rigl_counts["drop_grow"], rigl_run["extra"])])
     rigl_case = CaseResult(
         f"rigl_update/{arch}", "rigl_update", f"RigL mask updates, {arch}",
-        f"{rigl_counts['drop_grow']} RigL updates (ΔT = 4000, until 75 %) over a 250-epoch "
+        f"{rigl_counts['drop_grow']} RigL updates (ΔT = 4000) over a 250-epoch "
         "run, as a share of its training time", "%", spread(rigl_share).median,
         spread(rigl_share), UPDATE_SHARE_TARGET,
         {**common, "updates_in_run": rigl_counts, "update_step": rigl_at,

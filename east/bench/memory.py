@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from east.bench.results import CaseResult
+from east.bench.results import CaseResult, Target
 from east.bench.timing import spread
 from east.errors import EastError
 
@@ -108,7 +108,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from east.bench.workload import build_step_setup, resolve_bench_device
-    from east.train.loop import loop_settings
+    from east.train.devices import loop_settings
 
     torch.set_num_threads(int(spec["threads"]))
     dev = resolve_bench_device(spec["device"])
@@ -173,6 +173,17 @@ def run_child(spec: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
     return json.loads(lines[-1])
 
 
+def _abba_children(specs: dict[str, dict[str, Any]], repeats: int
+                   ) -> dict[str, list[dict[str, Any]]]:
+    """One child per spec and repeat, in ABBA order over the two specs (first: baseline)."""
+    names = list(specs)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            runs[name].append(run_child(specs[name]))
+    return runs
+
+
 def memory_case(*, arch: str, sparse: dict[str, Any], dense: dict[str, Any], device: str,
                 batch_size: int, image_size: int, repeats: int, threads: int) -> CaseResult:
     """Peak-memory growth of a sparse run / a dense run (ABBA over ``repeats`` pairs)."""
@@ -180,10 +191,7 @@ def memory_case(*, arch: str, sparse: dict[str, Any], dense: dict[str, Any], dev
             "image_size": image_size, "threads": threads}
     specs = {"dense": {**base, "label": "dense", "sparse": dense},
              "sparse": {**base, "label": f"{sparse['method']} sparse", "sparse": sparse}}
-    runs: dict[str, list[dict[str, Any]]] = {"dense": [], "sparse": []}
-    for r in range(repeats):
-        for name in (("dense", "sparse") if r % 2 == 0 else ("sparse", "dense")):
-            runs[name].append(run_child(specs[name]))
+    runs = _abba_children(specs, repeats)
     cuda = device == "cuda"
     key = "cuda_peak_bytes" if cuda else "rss_growth_bytes"
     ratios = [s[key] / d[key] for d, s in zip(runs["dense"], runs["sparse"], strict=True)]
@@ -213,6 +221,44 @@ def memory_case(*, arch: str, sparse: dict[str, Any], dense: dict[str, Any], dev
         f"dense run ({ORDINARY_STEPS + 1} steps), batch {batch_size}", "x",
         spread(ratios).median, spread(ratios), None, details,
         notes="one fresh process per run",
+    )
+
+
+def dyrelu_memory_case(*, arch: str, relu: dict[str, Any], dyrelu: dict[str, Any],
+                       device: str, batch_size: int, image_size: int, repeats: int,
+                       threads: int, target: Target | None,
+                       saved_input_bytes: int) -> CaseResult:
+    """Peak-memory growth of a run with DyReLU-B (beta = 1) / the same run with ReLU (ABBA
+    over ``repeats`` pairs, ordinary steps only). ``saved_input_bytes``: what the DyReLU
+    modules must keep for backward beyond what ReLU keeps (the input x of each)."""
+    base = {"arch": arch, "device": device, "batch_size": batch_size,
+            "image_size": image_size, "threads": threads}
+    runs = _abba_children({"relu": {**base, "label": "ReLU", "sparse": relu},
+                           "dyrelu": {**base, "label": "DyReLU-B", "sparse": dyrelu}},
+                          repeats)
+    cuda = device == "cuda"
+    key = "cuda_peak_bytes" if cuda else "rss_growth_bytes"
+    relu_mib = [r[key] / MIB for r in runs["relu"]]
+    dyrelu_mib = [r[key] / MIB for r in runs["dyrelu"]]
+    ratios = [d / r for r, d in zip(relu_mib, dyrelu_mib, strict=True)]
+    how = ("torch.cuda.max_memory_allocated growth" if cuda
+           else "growth of the process's peak RSS (VmHWM, reset after the imports)")
+    details = {
+        "arch": arch, "batch_size": batch_size, "image_size": image_size,
+        "measured_as": how, "relu_mib": spread(relu_mib).as_dict(),
+        "dyrelu_mib": spread(dyrelu_mib).as_dict(),
+        "extra_mib": spread([d - r for r, d in zip(relu_mib, dyrelu_mib, strict=True)])
+        .as_dict(),
+        "dyrelu_saved_input_mib": saved_input_bytes / MIB, "runs": runs,
+    }
+    return CaseResult(
+        f"dyrelu_memory/{arch}", "dyrelu_memory", f"Peak memory, DyReLU-B / ReLU, {arch}",
+        f"{how}: dense run with every ReLU a DyReLU-B (beta = 1) / the same with ReLU, "
+        f"{ORDINARY_STEPS + 1} steps each, batch {batch_size}", "x",
+        spread(ratios).median, spread(ratios), target, details,
+        notes="one fresh process per run; an exact DyReLU-B must keep its input x for "
+              "backward (ReLU keeps only its output, which the next conv keeps anyway): "
+              "dyrelu saved input mib is that floor",
     )
 
 

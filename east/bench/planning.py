@@ -20,11 +20,11 @@ from east.bench.results import CaseResult
 from east.errors import EastError
 
 _TOTAL = re.compile(r"^total\s+(\d+)\s*$", re.MULTILINE)
-SNAKEFILE = Path("workflow") / "Snakefile"
+SNAKEFILE = Path("Snakefile")
 
 
 def find_repo_root() -> Path | None:
-    """The checkout holding workflow/Snakefile: the current directory, or the directory
+    """The checkout holding the Snakefile: the current directory, or the directory
     above the east package (an editable install)."""
     for candidate in (Path.cwd(), Path(__file__).resolve().parents[2]):
         if (candidate / SNAKEFILE).is_file():

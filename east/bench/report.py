@@ -99,6 +99,9 @@ SHORT = {
     "input_pipeline": "throughput with loader / free input",
     "loader_vs_indexing": "loader / plain indexing",
     "peak_memory": "sparse / dense peak memory",
+    "dyrelu_memory": "DyReLU-B / ReLU peak memory",
+    "sparse_inference": "sparse / dense images/s (CPU)",
+    "sparse_kernel": "kernel time / default kernel's",
 }
 
 
@@ -152,7 +155,10 @@ def _detail_lines(case: CaseResult) -> list[str]:
                 "updates_in_run", "total_steps", "update_step", "cyclic_update_step",
                 "weights_moved_per_update", "jobs", "seconds", "grid", "step_s",
                 "model_images_per_s", "loader_images_per_s", "indexing_images_per_s",
-                "measured_as", "mask_storage_mib", "gradient_clone_mib"):
+                "measured_as", "mask_storage_mib", "gradient_clone_mib",
+                "dense_images_per_s", "sparse_images_per_s", "flops_ratio",
+                "share_of_flops_ratio", "nnz_unique", "nnz_materialized", "nnz_stored",
+                "threads", "dyrelu_saved_input_mib"):
         if key in d:
             value = d[key]
             if isinstance(value, float):
@@ -166,7 +172,7 @@ def _detail_lines(case: CaseResult) -> list[str]:
         step = d["dense_step"]
         lines.append(f"- dense {step['arch']} step (batch {step['batch_size']}), the "
                      f"denominator: {step['seconds']['median']:.4g} s")
-    for key in ("dense_mib", "sparse_mib", "extra_mib"):
+    for key in ("dense_mib", "sparse_mib", "relu_mib", "dyrelu_mib", "extra_mib"):
         if key in d:
             lines.append(f"- {key.replace('_', ' ')}: median {d[key]['median']:.1f} MiB")
     if case.notes:

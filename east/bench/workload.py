@@ -1,6 +1,6 @@
 """The training setups the benchmarks time, built exactly as ``east train`` builds them.
 
-A ``StepSetup`` is what ``east.train.loop.Trainer._setup`` makes for one cell — the model
+A ``StepSetup`` is what ``east.train.setup.build`` makes for one cell — the model
 (``build_model``, moved to the device, channels_last where the loop uses it), the
 sparsifier (``build_sparsifier``, initialised), SGD (``build_optimizer``), the lr schedule
 (``build_schedule``) and a ``StepContext`` with the loop's autocast dtype — and one step is
@@ -27,15 +27,10 @@ from east.errors import EastError
 from east.models import EastResNet, build_model
 from east.sparsity.methods import Sparsifier, build_sparsifier
 from east.sparsity.presets import resolve_sparsity
+from east.train.devices import resolve_channels_last, resolve_device, resolve_precision
 from east.train.distributed import DistEnv
-from east.train.loop import (
-    StepContext,
-    resolve_channels_last,
-    resolve_device,
-    resolve_precision,
-    train_step,
-)
 from east.train.optim import build_optimizer, build_schedule
+from east.train.step import StepContext, train_step
 
 PAPER_EPOCHS = 250
 PAPER_BATCH = 128

@@ -22,7 +22,7 @@ _LAZY = {
     "build_loaders": "east.data.loader",
     "build_test_loader": "east.data.loader",
     "ImageFolderLoader": "east.data.imagenet",
-    "validate_imagenet": "east.data.imagenet",
+    "validate_imagenet": "east.data.layout",
     "fetch": "east.data.fetch",
 }
 

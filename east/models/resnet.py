@@ -19,7 +19,6 @@ from east.archs import STAGE_BLOCKS
 from east.config import CellConfig
 
 from .dyrelu import DyReLUB
-from .export import torchvision_state_dict
 from .sharing import SharedConv2d, WeightCounts
 
 __all__ = ["ARCHS", "ArchSpec", "BasicBlock", "Bottleneck", "EastResNet", "build_model",
@@ -265,10 +264,6 @@ class EastResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, DyReLUB):
                 m.set_beta(beta)
-
-    def export_torchvision_state_dict(self) -> dict[str, Tensor]:
-        """state_dict for ``torchvision.models.<arch>(num_classes=...)``; see ``export``."""
-        return torchvision_state_dict(self)
 
 
 def build_model(

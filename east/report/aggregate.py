@@ -6,13 +6,18 @@ report. Required columns: ``row, arch, dataset, method, sparsity, seed, run_dir`
 ``row_label`` (display name, default the row), ``protocol`` (e.g. ``paper``, ``cpu-scale``),
 ``grid`` (the grid file's stem), ``compare_as`` (the method whose published numbers this
 row may be compared with; default ``method``, empty for none: e.g. a RigL row with one EAST
-trick switched on is not RigL). Row labels shared by two rows of one table get the row name
-appended.
+trick switched on is not RigL), ``logs`` (``;``-separated job logs of the cell: those that
+exist are listed for a cell that is not done). Row labels shared by two rows of one table
+get the row name appended.
 
 A cell's status:
 - ``done``: ``metrics.json`` exists, parses, and agrees with the grid (arch, dataset,
   method, sparsity, seed); its test accuracy is a finite fraction.
-- ``failed``: ``metrics.json`` exists but is unreadable, incomplete, or disagrees with the grid.
+- ``diverged``: training stopped on a non-finite loss (``"status": "diverged"`` in
+  ``metrics.json``, or in ``summary.json`` before evaluation): a result without accuracy,
+  shown as "diverged" in its table cell, as papers do.
+- ``failed``: ``metrics.json`` exists but is unreadable, incomplete, or disagrees with the
+  grid; or the last train/evaluate job failed (the pipeline's ``FAILED.json``).
 - ``incomplete``: the run directory exists without ``metrics.json`` (training unfinished, or
   trained but not evaluated; the note says which).
 - ``missing``: no run directory.
@@ -35,10 +40,12 @@ import numpy as np
 import pandas as pd
 
 from east.errors import EastError
+from east.pipeline import failure_text, read_failure
+from east.rundir import INFERENCE_FILE
 
 REQUIRED_COLUMNS = ("row", "arch", "dataset", "method", "sparsity", "seed", "run_dir")
 OPTIONAL_COLUMNS = ("row_label", "protocol", "grid")
-STATUSES = ("done", "incomplete", "failed", "missing")
+STATUSES = ("done", "diverged", "incomplete", "failed", "missing")
 CELL_KEY = ["arch", "dataset", "row", "sparsity", "seed"]
 GROUP_KEY = ["arch", "dataset", "row", "sparsity"]
 
@@ -61,8 +68,8 @@ METRIC_FIELDS = (
     "wall_time_s",
 )
 HISTORY_FIELDS = (
-    "epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "density", "beta",
-    "time_s",
+    "epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "density",
+    "density_full", "beta", "time_s",
 )
 
 
@@ -112,6 +119,9 @@ def normalize_expected(expected: pd.DataFrame) -> pd.DataFrame:
     if "compare_as" not in out.columns:
         out["compare_as"] = out["method"]
     out["compare_as"] = out["compare_as"].fillna("").astype(str)
+    if "logs" not in out.columns:
+        out["logs"] = ""
+    out["logs"] = out["logs"].fillna("").astype(str)
     out["row_label"] = _unique_labels(out)
     duplicated = out.duplicated(subset=CELL_KEY, keep="first")
     if duplicated.any():
@@ -157,6 +167,21 @@ def _number(value: Any) -> float:
     return float(value)
 
 
+def diverged_text(record: Any) -> str:
+    """'epoch 2, step 17; last finite loss 2.31': where a run diverged (its note)."""
+    if not isinstance(record, dict):
+        return "non-finite training loss"
+    where = ", ".join(f"{key} {record[key]}" for key in ("epoch", "step")
+                      if record.get(key) is not None)
+    loss = _number(record.get("last_finite_loss"))
+    last = f"last finite loss {loss:.4g}" if math.isfinite(loss) else ""
+    return "; ".join(part for part in (where, last) if part) or "non-finite training loss"
+
+
+def _existing_logs(logs: str) -> str:
+    return "; ".join(p for p in logs.split(";") if p and Path(p).is_file())
+
+
 def _check_metrics(metrics: Any, cell: pd.Series) -> str:
     """Why a metrics.json cannot be used for this cell, or "" when it can."""
     if not isinstance(metrics, dict):
@@ -173,6 +198,8 @@ def _check_metrics(metrics: Any, cell: pd.Series) -> str:
         )
     if "seed" in metrics and metrics["seed"] != cell["seed"]:
         return f"metrics.json says seed {metrics['seed']!r}, the grid says {cell['seed']}"
+    if metrics.get("status") == "diverged":
+        return ""  # a result without accuracy
     acc = _number(metrics.get("test_acc"))
     if not (math.isfinite(acc) and 0.0 <= acc <= 1.0):
         return f"metrics.json test_acc {metrics.get('test_acc')!r} is not a fraction in [0, 1]"
@@ -219,6 +246,33 @@ def _layer_records(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def inference_speedups(run_dir: Path) -> dict[str, float]:
+    """Measured sparse-inference speed-ups from ``inference.json`` (written by ``east export
+    --format sparse``; docs/design.md): the median at batch 64 (or the largest batch
+    measured) as ``inference_speedup``, at batch 1 as ``inference_speedup_b1``; NaN when the
+    file, or its measurement, is absent or unreadable."""
+    out = {"inference_speedup": math.nan, "inference_speedup_b1": math.nan}
+    path = run_dir / INFERENCE_FILE
+    if not path.is_file():
+        return out
+    record, _ = _read_json(path)
+    measured = record.get("measured") if isinstance(record, dict) else None
+    batches = measured.get("batches") if isinstance(measured, dict) else None
+    if not isinstance(batches, dict) or not batches:
+        return out
+
+    def median(key: str) -> float:
+        item = batches.get(key)
+        speedup = item.get("speedup") if isinstance(item, dict) else None
+        return _number(speedup.get("median")) if isinstance(speedup, dict) else math.nan
+
+    sizes = sorted((int(k) for k in batches if str(k).isdigit()), reverse=True)
+    main = "64" if "64" in batches else (str(sizes[0]) if sizes else "")
+    out["inference_speedup"] = median(main)
+    out["inference_speedup_b1"] = median("1")
+    return out
+
+
 def collect(expected: pd.DataFrame) -> Collected:
     """Read every expected cell's run directory (see the module docstring for statuses)."""
     cells = normalize_expected(expected)
@@ -230,12 +284,19 @@ def collect(expected: pd.DataFrame) -> Collected:
         record: dict[str, Any] = {c: cell[c] for c in cells.columns}
         record.update({field: math.nan for field in METRIC_FIELDS})
         record.update({"cell_id": "", "n_collapsed_layers": math.nan, "collapsed_layers": ""})
+        record.update(inference_speedup=math.nan, inference_speedup_b1=math.nan)
         metrics_path = run_dir / "metrics.json"
+        summary, _ = _read_json(run_dir / "summary.json") if run_dir.is_dir() else (None, "")
+        summary = summary if isinstance(summary, dict) else {}
+        failure = read_failure(run_dir)
         if metrics_path.is_file():
             metrics, reason = _read_json(metrics_path)
             reason = reason or _check_metrics(metrics, cell)
             if reason:
                 record.update(status="failed", note=reason)
+            elif metrics.get("status") == "diverged":
+                record.update(status="diverged", note=diverged_text(metrics.get("diverged")))
+                record["cell_id"] = str(metrics.get("cell_id", run_dir.parent.name))
             else:
                 record.update(status="done", note="")
                 record.update({f: _number(metrics.get(f)) for f in METRIC_FIELDS})
@@ -247,16 +308,21 @@ def collect(expected: pd.DataFrame) -> Collected:
                 key = {k: cell[k] for k in CELL_KEY}
                 history.extend({**key, **h} for h in _read_history(run_dir / "history.jsonl"))
                 layers.extend({**key, **lay} for lay in _layer_records(metrics))
+                record.update(inference_speedups(run_dir))
+        elif summary.get("status") == "diverged":
+            note = diverged_text(summary.get("diverged")) + "; not evaluated yet"
+            record.update(status="diverged", note=note)
+        elif failure is not None:
+            record.update(status="failed", note=failure_text(failure))
         elif run_dir.is_dir():
             trained = (run_dir / "summary.json").is_file()
             note = "trained, not evaluated" if trained else "training not finished"
             record.update(status="incomplete", note=note)
         else:
             record.update(status="missing", note="no run directory")
-        if math.isnan(record["wall_time_s"]) and run_dir.is_dir():
-            summary, _ = _read_json(run_dir / "summary.json")
-            if isinstance(summary, dict):
-                record["wall_time_s"] = _number(summary.get("wall_time_s"))
+        if math.isnan(record["wall_time_s"]):
+            record["wall_time_s"] = _number(summary.get("wall_time_s"))
+        record["logs"] = _existing_logs(cell["logs"]) if record["status"] != "done" else ""
         results.append(record)
     frame = pd.DataFrame(results)
     history_frame = pd.DataFrame(history, columns=[*CELL_KEY, *HISTORY_FIELDS])
@@ -328,6 +394,7 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
                 "sparsity": sparsity,
                 "n_expected": len(group),
                 "n_done": len(done),
+                "n_diverged": int((group["status"] == "diverged").sum()),
                 "test_acc_mean": acc_mean,
                 "test_acc_std": acc_std,
                 "test_acc_min": float(done["test_acc"].min()) if len(done) else math.nan,
@@ -342,6 +409,9 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
                 if len(done) else math.nan,
                 "flops_inference_mean": float(done["flops_inference"].mean())
                 if len(done) else math.nan,
+                # NaN unless some done seed has a measured sparse export (inference.json).
+                "inference_speedup_mean": float(done["inference_speedup"].mean())
+                if len(done) and done["inference_speedup"].notna().any() else math.nan,
                 "wall_time_s_mean": float(done["wall_time_s"].mean()) if len(done) else math.nan,
                 "not_done": _not_done_text(lacking),
                 "_table": table_order[(arch, dataset)],
@@ -380,6 +450,7 @@ def flat_metrics(summary: pd.DataFrame) -> dict[str, dict[str, float | int | Non
             "test_acc_best_val_mean": clean(item.test_acc_best_val_mean),
             "seeds": int(item.n_done),
             "seeds_expected": int(item.n_expected),
+            "seeds_diverged": int(item.n_diverged),
         }
     return out
 

@@ -3,7 +3,9 @@
 Written (all atomically, paths relative to ``out_dir``):
 - ``results.csv``, ``results.json``: one line per expected cell (status, note, metrics).
 - ``summary.csv``: one line per (arch, dataset, row, sparsity) with the seed statistics.
-- ``metrics.json``: flat ``{"<arch>/<dataset>/<row>/<sparsity>": {...}}`` for ``dvc metrics``.
+- ``metrics.json``: flat ``{"<arch>/<dataset>/<row>/<sparsity>": {...}}`` (all in one file).
+- ``metrics/<arch>-<dataset>-<row>-<sparsity>.json``: the same, one file per line of the
+  summary, for ``dvc metrics show`` (one table line per file instead of one very wide line).
 - ``tables/<arch>-<dataset>.{md,tex,html}``: the paper-layout tables.
 - ``comparison.{csv,md,tex}``: published vs ours.
 - ``plots/*.csv``: the data behind the figures, for ``dvc plots``.
@@ -15,6 +17,7 @@ grid) are removed, so the folder always matches the report.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,10 +33,16 @@ from east.report.aggregate import (
     status_counts,
     summarize,
 )
-from east.report.html import plot_context, render_index
+from east.report.html import NOT_DONE_LIMIT, plot_context, render_index
 from east.report.plots import Plot, make_plots, write_plot_data
 from east.report.published import Published, compare, load_published
-from east.report.tables import Table, build_tables, render, render_comparison, render_table
+from east.report.tables import (
+    Table,
+    build_tables,
+    render,
+    render_comparison,
+    render_table,
+)
 
 RESULT_COLUMNS = [
     "row", "row_label", "grid", "protocol", "arch", "dataset", "method", "sparsity", "seed",
@@ -41,7 +50,7 @@ RESULT_COLUMNS = [
     "nnz_masked", "density_masked", "n_params", "nnz_params", "density_all",
     "flops_inference", "flops_inference_dense", "flops_train", "effective_nnz",
     "effective_sparsity", "n_collapsed_layers", "collapsed_layers", "wall_time_s", "cell_id",
-    "run_dir",
+    "run_dir", "logs", "inference_speedup", "inference_speedup_b1",
 ]
 
 
@@ -100,7 +109,16 @@ def build_report(expected: pd.DataFrame, out_dir: str | Path, *,
     files.append(atomic_write_json(out / "results.json", records_for_json(results)))
     files.append(atomic_write_text(out / "summary.csv",
                                    summary.to_csv(index=False, float_format="%.10g")))
-    files.append(atomic_write_json(out / "metrics.json", flat_metrics(summary)))
+    flat = flat_metrics(summary)
+    files.append(atomic_write_json(out / "metrics.json", flat))
+    metric_files: set[Path] = set()
+    for key, values in flat.items():
+        name = re.sub(r"[^A-Za-z0-9._+-]+", "_", key.replace("/", "-"))  # a file name
+        while out / "metrics" / f"{name}.json" in metric_files:  # two rows, one slug
+            name += "_"
+        metric_files.add(atomic_write_json(out / "metrics" / f"{name}.json", values))
+    _remove_stale(out / "metrics", metric_files, (".json",))
+    files.extend(sorted(metric_files))
 
     tables = build_tables(summary)
     table_files: set[Path] = set()
@@ -144,6 +162,7 @@ def build_report(expected: pd.DataFrame, out_dir: str | Path, *,
     files.append(atomic_write_text(out / "report.md", render(
         "report.md.j2", title=title, counts_text=counts_line(counts), sections=sections,
         comparison_md=comparison_text["md"], sources=sources,
+        not_done=not_done[:NOT_DONE_LIMIT], not_done_more=max(0, len(not_done) - NOT_DONE_LIMIT),
     )))
     files.append(atomic_write_text(out / "index.html", render_index(
         title=title, counts=counts, counts_text=counts_line(counts), sections=sections,

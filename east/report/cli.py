@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterable
+from pathlib import PurePath
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -25,15 +26,30 @@ _TRICKS = ("dyrelu", "sharing", "cyclic")
 def compare_as(method: str, sparsity_config: SparsityConfig) -> str:
     """The method whose published numbers a cell may sit beside: its own, unless the row
     switches an EAST trick away from the method's preset (an ablation variant): then none."""
-    preset = PRESETS.get(method, ({}, frozenset()))[0]
+    spec = PRESETS.get(method)
+    preset = spec.preset() if spec is not None else {}
     for trick in _TRICKS:
         if bool(getattr(sparsity_config, trick)) != bool(preset.get(trick, False)):
             return ""
     return method
 
 
-def expected_from_grid(cells: Iterable[GridCell]) -> pd.DataFrame:
-    """``east.grid.GridCell`` objects (grid order) → the expected-cells frame."""
+def job_logs(run_dir: str, runs: str | None, logs: str | None) -> str:
+    """The pipeline's logs of a cell, ``;``-separated: ``<logs>/<rule>/<cell>/seed<k>.log``
+    for the train and evaluate jobs (the layout of workflow/rules), or '' when unknown."""
+    if not runs or not logs:
+        return ""
+    try:
+        tail = PurePath(run_dir).relative_to(runs)
+    except ValueError:
+        return ""
+    return ";".join(str(PurePath(logs) / rule / f"{tail}.log") for rule in ("train", "evaluate"))
+
+
+def expected_from_grid(cells: Iterable[GridCell], *, runs: str | None = None,
+                       logs: str | None = None) -> pd.DataFrame:
+    """``east.grid.GridCell`` objects (grid order) → the expected-cells frame (with the
+    cells' job logs when ``runs`` and ``logs``, the roots of both, are given)."""
     records = []
     for cell in cells:
         record = cell.record()
@@ -50,10 +66,11 @@ def expected_from_grid(cells: Iterable[GridCell]) -> pd.DataFrame:
                 "seed": record["seed"],
                 "run_dir": record["run_dir"],
                 "compare_as": compare_as(record["method"], cell.config.sparsity),
+                "logs": job_logs(record["run_dir"], runs, logs),
             }
         )
     columns = ["row", "row_label", "protocol", "grid", "arch", "dataset", "method",
-               "sparsity", "seed", "run_dir", "compare_as"]
+               "sparsity", "seed", "run_dir", "compare_as", "logs"]
     return pd.DataFrame(records, columns=columns)
 
 
@@ -62,7 +79,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from east.report.build import build_report, counts_line
 
     files = list(args.files or DEFAULT_GRIDS)
-    expected = expected_from_grid(load_grids(files, runs_root=args.runs))
+    expected = expected_from_grid(load_grids(files, runs_root=args.runs), runs=args.runs,
+                                  logs=getattr(args, "logs", None))
     report = build_report(expected, args.out)
     print(f"east report: {counts_line(report.counts)}; {len(report.tables)} tables, "
           f"{len(report.plots)} figures; {report.index}")

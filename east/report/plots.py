@@ -10,7 +10,10 @@ Per (arch, dataset) table, each only when it has data:
   per sparsity.
 - ``density``: density (log axis) and the DyReLU phasing factor β vs epoch, mean over seeds,
   for rows whose density moves or whose β is ever non-zero (EAST and its ablations); one
-  panel per sparsity.
+  panel per sparsity. Density is relative to the *unshared* network's masked weights
+  (``density_full`` = nnz / N_full, what the nominal sparsity means: 1 − s at the target,
+  drawn as a dotted line), not to the unique tensors weight sharing leaves (``density``,
+  which would end above 1 − s: 0.156 for a 90 % EAST cell).
 - ``layers``: final per-layer density (metrics.json ``layers``), mean over seeds, one panel per
   sparsity.
 - ``effective``: nominal vs effective density (1 − sparsity; effective counts only weights on
@@ -276,19 +279,30 @@ def plot_curves(curves: pd.DataFrame, summary: pd.DataFrame, arch: str, dataset:
                  "Validation accuracy per epoch, mean over seeds (band ± sample std).")
 
 
+DENSITY_COLUMNS = [*GROUP_KEY, "epoch", "density_mean", "target_density", "beta_mean", "seeds"]
+
+
 def density_data(history: pd.DataFrame) -> pd.DataFrame:
-    """Mean density and β per (row, sparsity, epoch) for rows where either moves."""
+    """Mean density (nnz / N of the unshared network) and β per (row, sparsity, epoch) for
+    rows where either moves; ``target_density`` = 1 − s."""
     if history.empty:
-        return pd.DataFrame(columns=[*GROUP_KEY, "epoch", "density_mean", "beta_mean", "seeds"])
+        return pd.DataFrame(columns=DENSITY_COLUMNS)
+    history = history.copy()
+    # Histories written before density_full existed only have the unique-tensor density.
+    full = history["density_full"] if "density_full" in history else history["density"]
+    history["density_nominal"] = full.fillna(history["density"])
     spread = history.groupby(GROUP_KEY, sort=False).agg(
-        d_min=("density", "min"), d_max=("density", "max"), b_max=("beta", "max")
+        d_min=("density_nominal", "min"), d_max=("density_nominal", "max"),
+        b_max=("beta", "max"),
     )
     moving = spread[(spread["d_max"] > spread["d_min"]) | (spread["b_max"] > 0)].reset_index()
     chosen = history.merge(moving[GROUP_KEY], on=GROUP_KEY)
-    density = _epoch_mean(chosen, "density")
+    density = _epoch_mean(chosen, "density_nominal").rename(
+        columns={"density_nominal_mean": "density_mean"})
     beta = _epoch_mean(chosen, "beta").drop(columns=["seeds", "beta_std"])
     out = density.merge(beta, on=[*GROUP_KEY, "epoch"], how="outer")
-    return out[[*GROUP_KEY, "epoch", "density_mean", "beta_mean", "seeds"]]
+    out["target_density"] = 1.0 - out["sparsity"].astype(float)
+    return out[DENSITY_COLUMNS]
 
 
 def plot_density(density: pd.DataFrame, summary: pd.DataFrame, arch: str, dataset: str,
@@ -301,10 +315,12 @@ def plot_density(density: pd.DataFrame, summary: pd.DataFrame, arch: str, datase
                     label=f"{label}: density")
             twin.plot(lines["epoch"], lines["beta_mean"], color=colors.get(label), lw=1.0,
                       ls="--", label=f"{label}: β")
-        _log_y(ax, panel["density_mean"].to_numpy(dtype=float))
+        target = float(panel["target_density"].iloc[0])
+        ax.axhline(target, color="grey", lw=0.9, ls=":", label="target 1 − s")
+        _log_y(ax, np.append(panel["density_mean"].to_numpy(dtype=float), target))
         ax.set_xlabel("epoch", fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel("density (solid, log)", fontsize=8)
+        ax.set_ylabel("density nnz / N, unshared network (solid, log)", fontsize=8)
         twin.set_ylabel("β (dashed)", fontsize=8)
         twin.set_ylim(-0.05, 1.05)
         twin.tick_params(labelsize=7)
@@ -315,7 +331,10 @@ def plot_density(density: pd.DataFrame, summary: pd.DataFrame, arch: str, datase
     return _save(
         fig, out_dir, "density", arch, dataset, f"{arch} / {dataset}: density and β over training",
         "Masked density (solid, log scale) and DyReLU phasing factor β (dashed) per epoch, mean "
-        "over seeds; rows whose density moves (cyclic sparsity) or whose β is ever non-zero.",
+        "over seeds; rows whose density moves (cyclic sparsity) or whose β is ever non-zero. "
+        "Density = non-zero masked weights / masked weights of the unshared network, the "
+        "denominator of the nominal sparsity, so it ends on the dotted target 1 − s also "
+        "when weights are shared.",
     )
 
 

@@ -5,7 +5,9 @@ ascending, a cell is the test accuracy of the final model in percent, mean ± sa
 (ddof=1) over the done seeds, with the seed count: ``86.99 ± 0.32 (3)``. A cell with some
 seeds not done shows ``(2 of 3)`` and a footnote naming the seeds and their status (cells
 lacking the same seeds for the same reason share a footnote); a cell with none shows a dash
-and a footnote. A row that does not ask for a sparsity (a dense row) leaves it blank.
+and a footnote; a cell whose every seed diverged (non-finite training loss) shows
+"diverged", as papers do, with a footnote saying where. A row that does not ask for a
+sparsity (a dense row) leaves it blank.
 With one seed there is no std: ``86.99 (1)``.
 The best mean of each column is bold (ties at the printed precision: all of them).
 A last line gives the masked non-zero weights per column (one number when every done cell
@@ -36,10 +38,16 @@ class Cell:
     n_expected: int
     bold: bool = False
     note: int | None = None
+    n_diverged: int = 0
 
     @property
     def empty(self) -> bool:
         return self.n_done == 0
+
+    @property
+    def diverged(self) -> bool:
+        """Every seed of the cell diverged: a result, printed as "diverged"."""
+        return self.n_done == 0 and 0 < self.n_expected == self.n_diverged
 
     @property
     def absent(self) -> bool:
@@ -79,6 +87,15 @@ class Table:
     nnz: tuple[str, ...]
     notes: tuple[str, ...]
     protocols: tuple[str, ...] = field(default=())
+    # (row label, text per sparsity): rows with a measured sparse export only (none: no line)
+    speedups: tuple[tuple[str, tuple[str, ...]], ...] = field(default=())
+
+    speedup_note = (
+        "Inference speed-up (measured): images/s of the sparse export (`east export --format "
+        "sparse`, dead channels removed) / images/s of the dense model, batch 64, one CPU "
+        "thread, mean over the seeds with a measured export (their inference.json); — where "
+        "a cell has none."
+    )
 
     @property
     def headers(self) -> tuple[str, ...]:
@@ -111,6 +128,25 @@ def _nnz_text(column: pd.DataFrame) -> str:
     if low == high:
         return f"{int(low):,}"
     return f"{int(low):,}–{int(high):,}"
+
+
+def _speedup_rows(part: pd.DataFrame, rows: list[Row], sparsities: tuple[float, ...]
+                  ) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """"Inference speed-up (measured)" per row and sparsity, for the rows where some cell
+    has a measured sparse export (mean over its seeds of the batch-64 speed-up)."""
+    if "inference_speedup_mean" not in part.columns:
+        return ()
+    out = []
+    for row in rows:
+        lines = part[part["row"] == row.row]
+        texts = []
+        for s in sparsities:
+            values = lines.loc[lines["sparsity"] == s, "inference_speedup_mean"]
+            value = float(values.iloc[0]) if len(values) else math.nan
+            texts.append(f"{value:.1f}x" if math.isfinite(value) else "—")
+        if any(t != "—" for t in texts):
+            out.append((row.label, tuple(texts)))
+    return tuple(out)
 
 
 def build_tables(summary: pd.DataFrame) -> list[Table]:
@@ -152,13 +188,14 @@ def build_tables(summary: pd.DataFrame) -> list[Table]:
                 bold = item["n_done"] > 0 and round(mean, DECIMALS) == best[s]
                 cells.append(
                     Cell(mean, 100.0 * float(item["test_acc_std"]), int(item["n_done"]),
-                         int(item["n_expected"]), bold, note)
+                         int(item["n_expected"]), bold, note,
+                         int(item.get("n_diverged", 0)))
                 )
             rows.append(Row(row_key, label, str(first["method"]), tuple(cells)))
         nnz = tuple(_nnz_text(part[part["sparsity"] == s]) for s in sparsities)
         tables.append(
             Table(arch, dataset, slug(arch, dataset), sparsities, tuple(rows), nnz,
-                  tuple(notes), protocols)
+                  tuple(notes), protocols, _speedup_rows(part, rows, sparsities))
         )
     return tables
 

@@ -31,12 +31,12 @@ from dataclasses import asdict, dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from east.config import SparsityConfig
 from east.errors import EastError
 
 if TYPE_CHECKING:  # the models import torch; this module stays torch-free
     from east.models.sharing import WeightCounts
 
-DISTRIBUTIONS = ("erk", "uniform")
 
 
 def numel(shape: Sequence[int]) -> int:
@@ -66,7 +66,7 @@ def _weights(shapes: Mapping[str, Sequence[int]], distribution: str) -> dict[str
         return {name: float(sum(int(d) for d in shape)) for name, shape in shapes.items()}
     if distribution == "uniform":
         return {name: float(numel(shape)) for name, shape in shapes.items()}
-    known = ", ".join(DISTRIBUTIONS)
+    known = ", ".join(SparsityConfig.DISTRIBUTIONS)
     raise EastError(f"distribution: expected one of {known}, got {distribution!r}")
 
 
@@ -166,6 +166,33 @@ def allocate(
     return largest_remainder(real, sizes, total, min_per_layer)
 
 
+# At least this many active weights per layer: no layer is emptied by allocation.
+MIN_PER_LAYER = 1
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    total: int  # active unique masked weights at the target
+    budgets: dict[str, int] | None  # per layer; None when chosen globally at initialisation
+    allocation: str
+
+
+def plan_budgets(masked: Mapping[str, Any], counts: WeightCounts, cfg: Any) -> BudgetPlan:
+    """The target budget of ``cfg`` (a SparsityConfig) over the masked tensors (only their
+    shapes are read): per layer by the distribution, or left to the global initial-mask
+    scores (SNIP, GraSP, SynFlow), or every weight when the total covers them all."""
+    from east.sparsity.parts import GLOBAL_INITS
+
+    total = target_total(cfg.sparsity, counts.n_full, counts.n_unique)
+    shapes = {n: tuple(p.shape) for n, p in masked.items()}
+    if total == counts.n_unique:
+        return BudgetPlan(total, {n: numel(s) for n, s in shapes.items()}, "dense")
+    if cfg.init in GLOBAL_INITS:
+        return BudgetPlan(total, None, f"global ({cfg.init} scores at initialisation)")
+    return BudgetPlan(total, allocate(shapes, total, cfg.distribution, MIN_PER_LAYER),
+                      cfg.distribution)
+
+
 # --------------------------------------------------------------------------- model helpers
 
 
@@ -259,8 +286,6 @@ class BudgetTable:
 
 def budget_table(model: Any, cfg: Any, *, arch: str = "", dataset: str = "") -> BudgetTable:
     """The per-layer budget of ``cfg`` on ``model`` (meta device is fine: only shapes used)."""
-    from east.sparsity.methods import plan_budgets  # torch-side; imported on use
-
     masked = masked_parameters(model)
     counts = model_counts(model, masked)
     plan = plan_budgets(masked, counts, cfg)

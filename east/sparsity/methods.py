@@ -1,11 +1,11 @@
-"""The sparsifier the training loop drives, and the methods as presets of its parts.
+"""The sparsifier the training loop drives: a method's parts composed into mask rules.
 
-A method is a recipe: an initial mask (``cfg.init``), optionally a gradual density schedule
-(GMP's cubic), optionally periodic drop-and-grow (``cfg.drop``/``cfg.grow``), plus the EAST
-tricks as independent switches (``cfg.cyclic`` adds the cyclic density schedule to any
-drop-and-grow method; ``cfg.dyrelu`` gives the β schedule; ``cfg.sharing`` changes the model
-and the budget's N_full). The per-method defaults live in ``presets.py``; ``RECIPES`` below
-says which parts each method is made of, each with its paper.
+A method (``east.sparsity.presets``) names its parts: an initial mask (``cfg.init``), a
+density schedule (constant, or GMP's cubic), the drop and grow scorers of periodic
+drop-and-grow (``cfg.drop``/``cfg.grow``), and the EAST tricks as independent switches
+(``cfg.cyclic`` adds the cyclic density schedule to any drop-and-grow method, pruning and
+growing with the row's own scorers; ``cfg.dyrelu`` gives the β schedule; ``cfg.sharing``
+changes the model and the budget's N_full). This module turns them into rules.
 
 Loop protocol (``step`` counts optimizer steps from 0)::
 
@@ -29,20 +29,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from east.config import SparsityConfig, resolve_duration
+from east.config import SparsityConfig
 from east.errors import EastError
 from east.models.sharing import WeightCounts
 from east.sparsity import scores as S
 from east.sparsity.budget import (
+    MIN_PER_LAYER,
     allocate,
     density_total,
     masked_parameters,
     model_counts,
-    numel,
-    target_total,
+    plan_budgets,
 )
 from east.sparsity.masks import MaskEnforcer, register_masks
-from east.sparsity.presets import METHODS
+from east.sparsity.presets import Method, method_spec
 from east.sparsity.schedules import (
     Beta,
     CubicDensity,
@@ -51,108 +51,11 @@ from east.sparsity.schedules import (
     Periodic,
     Schedule,
 )
+from east.sparsity.timing import resolve_timing
 
-MIN_PER_LAYER = 1
 STATE_FORMAT = 1
 Batches = Iterable[tuple[Tensor, Tensor]]
 LossFn = Callable[[Tensor, Tensor], Tensor]
-
-
-# =========================================================================== recipes
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """The parts a method is made of (the values come from its SparsityConfig)."""
-
-    gradual: bool = False  # cubic density schedule initial_density → target (prune_* fields)
-    drop_grow: bool = False  # periodic drop-and-grow (update_* and drop_* fields)
-    reference: str = ""
-
-
-def _dense() -> Recipe:
-    """Dense training: every mask is all True, no updates (the accuracy ceiling)."""
-    return Recipe(reference="dense baseline")
-
-
-def _static() -> Recipe:
-    """Static sparse training: a seeded random mask under the ERK (or uniform) budget, fixed
-    for the whole run (the ERK random baseline of Evci et al., ICML 2020)."""
-    return Recipe(reference="static random ERK mask")
-
-
-def _snip() -> Recipe:
-    """SNIP: Lee, Ajanthan, Torr, "SNIP: Single-shot Network Pruning based on Connection
-    Sensitivity", ICLR 2019. One-shot global pruning at initialisation by |g ⊙ w| on one
-    mini-batch; the mask is then fixed."""
-    return Recipe(reference="Lee et al. 2019")
-
-
-def _grasp() -> Recipe:
-    """GraSP: Wang, Zhang, Grosse, "Picking Winning Tickets Before Training by Preserving
-    Gradient Flow", ICLR 2020. One-shot global pruning at initialisation by −θ ⊙ Hg (keep
-    the smallest), temperature 200, 10 samples per class; the mask is then fixed."""
-    return Recipe(reference="Wang et al. 2020")
-
-
-def _synflow() -> Recipe:
-    """SynFlow: Tanaka, Kunin, Yamins, Ganguli, "Pruning neural networks without any data
-    by iteratively conserving synaptic flow", NeurIPS 2020. Data-free, 100 rounds with an
-    exponential density schedule, global; at least one weight per layer (our addition)."""
-    return Recipe(reference="Tanaka et al. 2020")
-
-
-def _gmp() -> Recipe:
-    """GMP: Zhu & Gupta, "To prune, or not to prune: exploring the efficacy of pruning for
-    model compression", 2017. From dense, magnitude pruning every prune_interval steps on
-    the cubic schedule from prune_start to prune_end, per-layer budgets of the distribution."""
-    return Recipe(gradual=True, reference="Zhu & Gupta 2017")
-
-
-def _set() -> Recipe:
-    """SET: Mocanu et al., "Scalable training of artificial neural networks with adaptive
-    sparse connectivity inspired by network science", Nature Communications 2018. Drop by
-    magnitude, grow at random, every ΔT = 1500 steps (the spec's protocol; drop fraction
-    as in RigL's comparison: cosine from 0.5, here over the whole run)."""
-    return Recipe(drop_grow=True, reference="Mocanu et al. 2018")
-
-
-def _rigl() -> Recipe:
-    """RigL: Evci, Gale, Menick, Castro, Elsen, "Rigging the Lottery: Making All Tickets
-    Winners", ICML 2020. Drop by magnitude, grow by dense-gradient magnitude, ΔT = 4000,
-    drop fraction cosine from 0.5 to 0 over the whole run (the authors' trainer; RigL's paper
-    ends at 75 %: ``update_end: 75%``), ERK, newly grown weights start at 0."""
-    return Recipe(drop_grow=True, reference="Evci et al. 2020")
-
-
-def _granet() -> Recipe:
-    """GraNet: Liu et al., "Sparse Training via Boosting Pruning Plasticity with
-    Neuroregeneration", NeurIPS 2021. Gradual magnitude pruning (cubic, from
-    initial_density) plus zero-cost neuroregeneration: at every update, drop a cosine-decayed
-    fraction by magnitude and regrow as many by gradient; ΔT = 1000 for both."""
-    return Recipe(gradual=True, drop_grow=True, reference="Liu et al. 2021")
-
-
-def _mest() -> Recipe:
-    """MEST: Yuan et al., "MEST: Accurate and Fast Memory-Economic Sparse Training
-    Framework on the Edge", NeurIPS 2021 (the EM variant): drop by |w| + λ|g|, grow at
-    random."""
-    return Recipe(drop_grow=True, reference="Yuan et al. 2021")
-
-
-def _east() -> Recipe:
-    """EAST: Li et al., "Pushing the Limits of Sparsity: A Bag of Tricks for Extreme
-    Pruning", TMLR 2025 (arXiv 2411.13545). RigL plus DyReLU phasing, in-stage weight
-    sharing and cyclic sparsity, each its own switch (dyrelu, sharing, cyclic)."""
-    return Recipe(drop_grow=True, reference="Li et al. 2025")
-
-
-RECIPES: dict[str, Recipe] = {
-    "dense": _dense(), "static": _static(), "snip": _snip(), "grasp": _grasp(),
-    "synflow": _synflow(), "gmp": _gmp(), "set": _set(), "rigl": _rigl(),
-    "granet": _granet(), "mest": _mest(), "east": _east(),
-}
-assert tuple(RECIPES) == METHODS, "presets.METHODS and methods.RECIPES must list the same methods"
 
 
 # =========================================================================== initial masks
@@ -232,28 +135,6 @@ INITIALIZERS: dict[str, Initializer] = {
 }
 
 
-@dataclass(frozen=True)
-class BudgetPlan:
-    total: int  # active unique masked weights at the target
-    budgets: dict[str, int] | None  # per layer; None when chosen globally at initialisation
-    allocation: str
-
-
-def plan_budgets(
-    masked: Mapping[str, Any], counts: WeightCounts, cfg: SparsityConfig
-) -> BudgetPlan:
-    """The target budget of ``cfg`` over the masked tensors (only their shapes are read)."""
-    total = target_total(cfg.sparsity, counts.n_full, counts.n_unique)
-    shapes = {n: tuple(p.shape) for n, p in masked.items()}
-    if total == counts.n_unique:
-        return BudgetPlan(total, {n: numel(s) for n, s in shapes.items()}, "dense")
-    init = _initializer(cfg)
-    if init.global_allocation:
-        return BudgetPlan(total, None, f"global ({cfg.init} scores at initialisation)")
-    return BudgetPlan(total, allocate(shapes, total, cfg.distribution, MIN_PER_LAYER),
-                      cfg.distribution)
-
-
 def _initializer(cfg: SparsityConfig) -> Initializer:
     if cfg.init not in INITIALIZERS:
         raise EastError(f"sparsity.init: unknown initial mask {cfg.init!r} "
@@ -262,53 +143,6 @@ def _initializer(cfg: SparsityConfig) -> Initializer:
 
 
 # =========================================================================== timing
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Every schedule point of a config, resolved to iterations."""
-
-    update_interval: int
-    update_end: int
-    prune_start: int
-    prune_end: int
-    prune_interval: int
-    dyrelu_start: int
-    dyrelu_end: int
-    cycle_length: int
-    cycle_interval: int
-
-
-def resolve_timing(cfg: SparsityConfig, steps_per_epoch: int, total_steps: int) -> Timing:
-    def it(field: str, positive: bool = False) -> int:
-        value = resolve_duration(getattr(cfg, field), steps_per_epoch, total_steps)
-        if positive and value < 1:
-            raise EastError(f"sparsity.{field}: {getattr(cfg, field)!r} resolves to {value} "
-                            f"iterations; it must be at least 1")
-        return value
-
-    timing = Timing(
-        update_interval=it("update_interval", positive=True),
-        update_end=it("update_end"),
-        prune_start=it("prune_start"),
-        prune_end=it("prune_end"),
-        prune_interval=it("prune_interval", positive=True),
-        dyrelu_start=it("dyrelu_start"),
-        dyrelu_end=it("dyrelu_end"),
-        cycle_length=it("cycle_length", positive=cfg.cyclic),
-        cycle_interval=it("cycle_interval", positive=True),
-    )
-    if RECIPES[cfg.method].gradual:
-        if timing.prune_end < timing.prune_start:
-            raise EastError(f"sparsity.prune_end: {cfg.prune_end!r} ends before prune_start "
-                            f"{cfg.prune_start!r}")
-        if timing.prune_end > total_steps:
-            raise EastError(f"sparsity.prune_end: {cfg.prune_end!r} is past the end of training "
-                            f"({total_steps} iterations): the target would never be reached")
-    if cfg.cyclic and cfg.cycles * timing.cycle_length > total_steps:
-        raise EastError(f"sparsity.cycle_length: {cfg.cycles} cycles of {cfg.cycle_length!r} "
-                        f"do not fit in {total_steps} iterations")
-    return timing
 
 
 # =========================================================================== update rules
@@ -347,13 +181,13 @@ class _DensityRule(_Rule):
     so the schedule ends exactly on the target budget whatever the rounding on the way."""
 
     def __init__(self, name: str, schedule: CubicDensity | CyclicDensity,
-                 drop: S.Scorer, grow: tuple[S.Scorer, bool] | None) -> None:
+                 drop: tuple[S.Scorer, bool], grow: tuple[S.Scorer, bool] | None) -> None:
         self.name = name
         self.schedule = schedule
-        self.drop = drop
+        self.drop = drop[0]
         self.grow = grow[0] if grow else None
-        self.needs_grad = bool(grow and grow[1])
-        self.grows_by_gradient = self.needs_grad
+        self.grows_by_gradient = bool(grow and grow[1])
+        self.needs_grad = drop[1] or self.grows_by_gradient
         self.schedules = {name: schedule}
 
     def due(self, it: int) -> bool:
@@ -436,7 +270,7 @@ class Sparsifier:
         if not params:
             raise EastError("the model has no masked parameters")
         self.cfg = cfg
-        self.recipe = RECIPES[cfg.method]
+        self.spec: Method = method_spec(cfg.method)
         self.init = _initializer(cfg)
         self.counts = counts
         self.names = list(params)
@@ -479,20 +313,21 @@ class Sparsifier:
     def _compose(self) -> list[_Rule]:
         cfg, t = self.cfg, self.timing
         rules: list[_Rule] = []
-        if self.recipe.gradual:
+        if self.spec.gradual:
             cubic = CubicDensity(initial=max(cfg.initial_density, self.target_density),
                                  final=self.target_density, start=t.prune_start,
                                  end=t.prune_end, interval=t.prune_interval)
-            rules.append(_DensityRule("gradual", cubic, S.magnitude, grow=None))
+            rules.append(_DensityRule("gradual", cubic, (S.magnitude, False), grow=None))
         dyn_start = 0
         if cfg.cyclic:
             cyclic = CyclicDensity(target=self.target_density, max_factor=cfg.cycle_max_factor,
                                    cycles=cfg.cycles, length=t.cycle_length,
                                    interval=t.cycle_interval)
-            rules.append(_DensityRule("cyclic", cyclic, S.magnitude,
-                                      grow=S.grow_scorer("gradient")))
+            # The row's own scorers: SET's cycles grow at random, MEST's drop by its score.
+            rules.append(_DensityRule("cyclic", cyclic, S.drop_scorer(cfg.drop, cfg),
+                                      grow=S.grow_scorer(cfg.grow)))
             dyn_start = cyclic.end  # plain drop-and-grow only after the cycles
-        if self.recipe.drop_grow and cfg.drop != "none":
+        if self.spec.dynamic:
             rules.append(_DropGrowRule(
                 S.drop_scorer(cfg.drop, cfg), S.grow_scorer(cfg.grow),
                 Periodic(t.update_interval, start=dyn_start, end=t.update_end),
@@ -548,7 +383,7 @@ class Sparsifier:
                                                        self.cfg, self.scoring_passes))
         else:
             start = (self.budgets_at(max(self.cfg.initial_density, self.target_density))
-                     if self.recipe.gradual else dict(self.base_budgets))
+                     if self.spec.gradual else dict(self.base_budgets))
             masks = {}
             for name, p in zip(self.names, self.params, strict=True):
                 score = self.init.per_layer(p, None, self.generator)  # type: ignore[misc]

@@ -1,7 +1,12 @@
-"""Training one cell: ``train_cell`` / ``east train`` (run.py), the loop (loop.py),
-checkpoints (checkpoint.py), optimizer and lr schedule (optim.py), history and summary
-files (history.py), multi-process data parallelism (distributed.py) and the torchvision
-export (export.py). Names load lazily so ``import east.train`` stays cheap."""
+"""Training one cell: ``train_cell`` / ``east train`` (run.py); the state a checkpoint
+holds (state.py), built from a cell and resumed (setup.py); one optimizer step (step.py);
+the epochs (loop.py) and what happens around them (callbacks.py: divergence, history and
+progress, the best model, checkpoints, results); devices and precision (devices.py),
+signals (signals.py), progress output (progress.py), checkpoint files (checkpoint.py),
+optimizer and lr schedule (optim.py), history and summary files (history.py), the
+training-FLOPs account (cost.py), the environment record (environment.py), data
+parallelism (distributed.py) and the torchvision export (export.py). Names load lazily so
+``import east.train`` stays cheap."""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ _LAZY = {
     "cmd_train": "east.train.run",
     "Trainer": "east.train.loop",
     "TrainOutcome": "east.train.loop",
-    "NonFiniteLoss": "east.train.loop",
+    "NonFiniteLoss": "east.train.callbacks",
 }
 
 __all__ = list(_LAZY)

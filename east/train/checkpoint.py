@@ -6,8 +6,10 @@ written atomically (temp file + rename) and its sha256 goes to a sidecar
 ``ckpt-<step>.pt.sha256`` written after it. Loading walks the checkpoints newest first and
 takes the first one whose bytes match its sidecar (when there is one) and that loads; a bad
 one is reported with a warning and renamed ``*.corrupt`` (kept for inspection, never
-deleted, no longer counted among the kept checkpoints). Only the newest ``keep`` (2) good
-checkpoints are kept.
+deleted, no longer counted among the kept checkpoints). A checkpoint that holds pickled
+objects other than tensors (code that would run on load) is refused the same way, with
+east's own reason (``east.io.torch_load``). Only the newest ``keep`` (2) good checkpoints
+are kept.
 
 RNG states are stored as tensors and lists (numpy's state array as a list of ints) because
 ``weights_only`` loading accepts nothing else.
@@ -16,7 +18,6 @@ RNG states are stored as tensors and lists (numpy's state array as a list of int
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import random
 import re
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from east.errors import EastError
-from east.io import atomic_write, atomic_write_text
+from east.io import atomic_write, atomic_write_text, torch_load
 
 CHECKPOINT_DIR = "checkpoints"
 KEEP = 2
@@ -109,18 +110,19 @@ class LoadedCheckpoint:
 
 def _read_verified(path: Path) -> dict[str, Any]:
     """Load one checkpoint; raise ValueError with the reason when it is unusable."""
-    data = path.read_bytes()
     check = sidecar(path)
     if check.exists():
         expected = check.read_text(encoding="utf-8").split()[:1]
-        actual = hashlib.sha256(data).hexdigest()
+        with path.open("rb") as handle:  # streamed: a checkpoint can be gigabytes
+            actual = hashlib.file_digest(handle, "sha256").hexdigest()
         if expected != [actual]:
-            raise ValueError(f"sha256 mismatch ({len(data)} bytes)")
+            raise ValueError(f"sha256 mismatch ({path.stat().st_size} bytes)")
     try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for truncated/garbled zips
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ValueError(f"torch.load failed: {first_line}") from None
+        state = torch_load(path, what="checkpoint")
+    except EastError as error:
+        # "<path>: checkpoint holds objects other than tensors; refusing to load": the
+        # reason without the path, which the caller's message names already.
+        raise ValueError(str(error).removeprefix(f"{path}: ")) from None
     if not isinstance(state, dict) or "step" not in state:
         raise ValueError("not an east checkpoint")
     return state

@@ -5,10 +5,12 @@ checked against workflow/schemas/grid.schema.yaml and then by east.grid itself, 
 error stops the workflow, one line each, before any job is planned or submitted.
 
 The rules run the `east` command of the environment running Snakemake (the project's own
-environment, not a per-rule conda env or container), through shell() in short run blocks.
+environment, not a per-rule conda env or container), through shell() in short run blocks,
+each wrapped in east.pipeline.attempt (the retry policy and the failure marker).
 """
 
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -18,12 +20,15 @@ from snakemake.utils import validate
 
 from east.grid import (
     DEFAULTS_PATH,
+    GridLoader,
     cell_file_config,
     check_grids,
     grid_notes,
     unique_runs,
 )
 from east.io import atomic_write_json
+from east.pipeline import attempt as job_attempt
+from east.pipeline import report_after_failure
 
 
 def stop(errors, files):
@@ -45,8 +50,9 @@ GRID_FILES = (
 )
 DEFAULTS_FILE = DEFAULTS_PATH  # east report reads the same file
 RUNS_ROOT = "results/runs"
+LOGS_ROOT = "results/logs"
 # One cell's run directory, with the parts of its content-addressed name that the
-# resources in workflow/profiles/default need: <arch>-<dataset>-<method>-s<level>-<hash>.
+# resources in profiles/default need: <arch>-<dataset>-<method>-s<level>-<hash>.
 RUN = "results/runs/{arch}-{dataset}-{tail}/seed{seed}"
 CELL_LOG = "{arch}-{dataset}-{tail}/seed{seed}"
 
@@ -66,9 +72,9 @@ def _schema_problems(path):
     """The first schema violation of one grid file ('' when it matches or is unreadable)."""
     try:
         with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
+            data = yaml.load(handle, Loader=GridLoader)  # as east.grid reads it
         validate(data, "../schemas/grid.schema.yaml", set_default=False)
-    except (OSError, yaml.YAMLError):
+    except (OSError, ValueError, yaml.YAMLError):
         return ""  # east.grid reports unreadable files with their position
     except WorkflowError as error:
         return " ".join(str(error).split())[:300]
@@ -76,8 +82,13 @@ def _schema_problems(path):
 
 
 def _load_cells():
+    # The data check (ImageNet folders) runs where Snakemake plans the DAG, before any job
+    # is submitted; a job on a cluster node re-reads this file and skips it.
     cells, errors = check_grids(
-        GRID_FILES, defaults_path=DEFAULTS_FILE, runs_root=RUNS_ROOT
+        GRID_FILES,
+        defaults_path=DEFAULTS_FILE,
+        runs_root=RUNS_ROOT,
+        check_data=not workflow.remote_exec,
     )
     if not errors:
         # The schema and east.grid describe the same format; east.grid's messages are the

@@ -1,17 +1,21 @@
-"""Evaluation: test accuracy, per-layer density, FLOPs and effective sparsity of a cell."""
+"""Evaluation: test accuracy, per-layer density, FLOPs and effective sparsity of a cell.
+
+Its input is the training summary only: a diverged run has no model.pt, and `east
+evaluate` writes its metrics.json (`"status": "diverged"`, no accuracy) without one.
+"""
 
 
 rule evaluate:
     input:
         summary=f"{RUN}/summary.json",
-        model=f"{RUN}/model.pt",
     output:
         f"{RUN}/metrics.json",
     log:
-        f"results/logs/evaluate/{CELL_LOG}.log",
+        f"{LOGS_ROOT}/evaluate/{CELL_LOG}.log",
     benchmark:
         f"results/benchmarks/evaluate/{CELL_LOG}.tsv"
     params:
         run_dir=run_dir,
     run:
-        shell("{EAST} evaluate {params.run_dir} > {log} 2>&1")
+        with job_attempt("evaluate", params.run_dir, log[0]):
+            shell("{EAST} evaluate {params.run_dir} >> {log} 2>&1")

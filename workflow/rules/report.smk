@@ -4,6 +4,12 @@ It writes the aggregate tables (one line per expected cell; seed statistics; the
 metrics for `dvc metrics`) and the rendered report (Markdown, HTML, the figures' data for
 `dvc plots`), listed below as distinct outputs. Figures and per-table files, whose names
 depend on the grids, land beside them in reports/figures and reports/tables.
+
+When jobs fail, the rule cannot run (an input is missing); `onerror` then renders the
+report of what finished, with the failed and missing cells listed with their logs. With
+`--keep-going` (the SLURM profile's default) that is after every other cell has run. Only
+the rule writes reports/.complete: a report rendered by `onerror` lacks it, so the next
+run renders it again (and retries the failed cells) instead of finding it up to date.
 """
 
 REPORT_AGGREGATE = {
@@ -27,7 +33,14 @@ REPORT_RENDERED = {
         )
     },
 }
-REPORT_FILES = [*REPORT_AGGREGATE.values(), *REPORT_RENDERED.values()]
+REPORT_COMPLETE = "reports/.complete"
+REPORT_FILES = [*REPORT_AGGREGATE.values(), *REPORT_RENDERED.values(), REPORT_COMPLETE]
+REPORT_LOG = f"{LOGS_ROOT}/report.log"
+# One command for the rule and for onerror.
+REPORT_COMMAND = (
+    f"{EAST} report {' '.join(shlex.quote(g) for g in GRID_FILES)} "
+    f"--runs {RUNS_ROOT} --logs {LOGS_ROOT} --out reports"
+)
 
 
 rule report:
@@ -39,10 +52,13 @@ rule report:
     output:
         **REPORT_AGGREGATE,
         **REPORT_RENDERED,
+        complete=touch(REPORT_COMPLETE),
     log:
-        "results/logs/report.log",
+        REPORT_LOG,
     localrule: True
     run:
-        shell(
-            "{EAST} report {input.grids} --runs results/runs --out reports > {log} 2>&1"
-        )
+        shell("{REPORT_COMMAND} > {log} 2>&1")
+
+
+onerror:
+    report_after_failure(REPORT_COMMAND, REPORT_LOG, incomplete=REPORT_COMPLETE)

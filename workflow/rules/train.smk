@@ -5,27 +5,46 @@ params a path, its code fixed. It writes cell.json from the grid just before tra
 file holds no row name, and its semantic content is what names the directory. So renaming
 a row, or changing a non-semantic setting, retrains nothing, while a semantic change
 names a different run directory.
+
+The output is summary.json alone: a run that diverges (non-finite loss) is a result, with
+`"status": "diverged"` in its summary and no model.pt, and is not trained again.
 """
+
+# Attempts after the first resume a pre-empted or timed-out run (exit 75, or killed by
+# SLURM's time limit): they continue from its checkpoints. Any other failure is permanent:
+# east.pipeline.attempt writes FAILED.json and the remaining attempts stop at once.
+TRAIN_RETRIES = 3
 
 
 rule train:
-    # `east train` resumes from the run directory's checkpoints: exit 75 (pre-empted,
-    # checkpoint saved) or a SLURM time limit fails the attempt and a retry continues.
     input:
         # ancient: re-fetching a dataset (a newer marker) retrains nothing.
         data=ancient(data_marker),
     output:
         summary=f"{RUN}/summary.json",
-        model=f"{RUN}/model.pt",
     log:
-        f"results/logs/train/{CELL_LOG}.log",
+        f"{LOGS_ROOT}/train/{CELL_LOG}.log",
     benchmark:
         f"results/benchmarks/train/{CELL_LOG}.tsv"
-    retries: 3
+    retries: TRAIN_RETRIES
+    resources:
+        # Not a request: which attempt this job is, for the retry policy in the run block
+        # (Snakemake passes `attempt` to resource functions only).
+        east_attempt=lambda wildcards, attempt: attempt,
     params:
         run_dir=run_dir,
     run:
-        write_cell_json(wildcards)
-        shell(
-            "{EAST} train {params.run_dir}/cell.json --out {params.run_dir} >> {log} 2>&1"
-        )
+        with job_attempt(
+            "train",
+            params.run_dir,
+            log[0],
+            resources.east_attempt,
+            attempts=TRAIN_RETRIES + 1,
+        ):
+            write_cell_json(wildcards)
+            # --if-locked wait: when SLURM requeues a job that Snakemake also retried, the
+            # second copy waits for the first and then finds the cell done or resumes it.
+            shell(
+                "{EAST} train {params.run_dir}/cell.json --out {params.run_dir}"
+                " --if-locked wait >> {log} 2>&1"
+            )

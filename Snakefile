@@ -4,8 +4,9 @@ Run from the repository root:
     snakemake --cores all                                   # the demo grid, locally
     snakemake --cores all --config grids=[params/paper.yaml]
     snakemake --cores all --profile slurm                   # on a SLURM cluster
-Per-rule resources live in workflow/profiles/default/config.yaml (loaded automatically).
-How to run, add rows and version results: docs/pipeline.md.
+The rules are in workflow/rules/, the schemas in workflow/schemas/; per-rule resources in
+profiles/default/config.yaml (loaded automatically), the SLURM executor in profiles/slurm.
+How to run, add rows, recover from failures and version results: docs/pipeline.md.
 """
 
 from snakemake.utils import min_version
@@ -13,11 +14,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-include: "rules/common.smk"
-include: "rules/data.smk"
-include: "rules/train.smk"
-include: "rules/evaluate.smk"
-include: "rules/report.smk"
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

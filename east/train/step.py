@@ -1,0 +1,134 @@
+"""One optimizer step, and the evaluation of a model over a loader.
+
+One step, in order (docs/design.md, "Training and evaluation"):
+
+    forward under autocast, loss = CE(shard)·|shard|/|batch|; backward
+    all-reduce gradients (DDP)
+    clip_grad_norm_(grad_clip)                     # grad_clip_scope dense: all positions
+    sparsifier.after_backward(step)                # dense-grad scores, then masked grads
+    [clip_grad_norm_(grad_clip)]                   # grad_clip_scope masked: instead, here
+    lr(step); optimizer.step()
+    sparsifier.after_step(step, optimizer)         # mask update if due; zero weights + state
+
+The caller sets DyReLU's β for the step first (``model.set_beta``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from east.train import distributed as D
+from east.train.devices import autocast
+from east.train.optim import LRSchedule
+
+
+@dataclass
+class StepContext:
+    """What one optimizer step needs, besides the batch."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    sparsifier: Any
+    schedule: LRSchedule
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    label_smoothing: float
+    grad_clip: float | None
+    grad_clip_scope: str = "dense"
+    env: D.DistEnv = field(default_factory=D.DistEnv)
+    params: list[nn.Parameter] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.params:
+            self.params = [p for p in self.model.parameters() if p.requires_grad]
+
+
+def clip_gradients(params: Sequence[nn.Parameter], max_norm: float) -> None:
+    """Scale every gradient by min(1, max_norm / ‖g‖) (torch's ``clip_grad_norm_``), ‖g‖
+    over all of them. Called on the gradient backward produced (scope ``dense``: pruned
+    positions count, as in the authors' trainer, which clips before masking) or on the
+    masked one (scope ``masked``)."""
+    torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm)
+
+
+def train_step(ctx: StepContext, x: Tensor, y: Tensor, step: int) -> tuple[Tensor, Tensor, int]:
+    """One optimizer step on a global batch; returns this rank's (loss sum (float64), number
+    correct, examples) — detached, on the device, not yet synchronised."""
+    model = ctx.model
+    model.train()
+    global_batch = int(y.shape[0])
+    xs, ys = D.shard(x, ctx.env), D.shard(y, ctx.env)
+    D.broadcast_module(model, ctx.env, buffers_only=True)
+    for p in ctx.params:
+        p.grad = None
+    count = int(ys.shape[0])
+    if count:
+        with autocast(ctx.device, ctx.amp_dtype):
+            logits = model(xs)
+        # The loss in fp32 whatever the autocast dtype; summed, so shards add up exactly.
+        loss_sum = F.cross_entropy(logits.float(), ys, reduction="sum",
+                                   label_smoothing=ctx.label_smoothing)
+        (loss_sum / global_batch).backward()
+        correct = (logits.detach().argmax(dim=1) == ys).sum()
+        loss_sum = loss_sum.detach().double()
+    else:  # an empty DDP shard (last batch smaller than the world)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
+        correct = torch.zeros((), dtype=torch.int64, device=ctx.device)
+    D.all_reduce_gradients(ctx.params, ctx.env)
+    if ctx.grad_clip is not None and ctx.grad_clip_scope == "dense":
+        clip_gradients(ctx.params, ctx.grad_clip)
+    ctx.sparsifier.after_backward(step)
+    if ctx.grad_clip is not None and ctx.grad_clip_scope == "masked":
+        clip_gradients(ctx.params, ctx.grad_clip)
+    ctx.schedule.apply(ctx.optimizer, step)
+    ctx.optimizer.step()
+    ctx.sparsifier.after_step(step, ctx.optimizer)
+    return loss_sum, correct, count
+
+
+@torch.no_grad()
+def evaluate_loader(
+    model: nn.Module,
+    loader: Any,
+    *,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    env: D.DistEnv | None = None,
+) -> tuple[float, float, int]:
+    """(mean cross-entropy, accuracy, examples) of ``model`` over a whole eval loader.
+
+    Under DDP each rank evaluates its shard of every batch and the sums are combined. The
+    loss is plain cross-entropy (no label smoothing).
+    """
+    env = env or D.DistEnv()
+    was_training = model.training
+    model.eval()
+    D.broadcast_module(model, env, buffers_only=True)
+    loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    count = 0
+    loader.set_position(0, 0)
+    for x, y in loader:
+        xs, ys = D.shard(x, env), D.shard(y, env)
+        if not ys.shape[0]:
+            continue
+        with autocast(device, amp_dtype):
+            logits = model(xs)
+        loss += F.cross_entropy(logits.float(), ys, reduction="sum").double()
+        correct += (logits.argmax(dim=1) == ys).sum()
+        count += int(ys.shape[0])
+    model.train(was_training)
+    total_loss, total_correct, total = D.sum_across_ranks(
+        [float(loss), float(correct), float(count)], env, device
+    )
+    if total == 0:
+        return math.nan, math.nan, 0
+    return total_loss / total, total_correct / total, int(total)
+
