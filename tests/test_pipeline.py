@@ -11,6 +11,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path, PurePosixPath
 
@@ -379,6 +380,27 @@ def test_a_non_semantic_change_retrains_nothing(dag: tuple[Path, str], tmp_path:
     grid.write_text(grid.read_text().replace("{epochs: 1, log_every: 3}", "{epochs: 2}"))
     assert job_counts(snakemake(repo, "-n").stdout) == {"train": 2, "evaluate": 2,
                                                          "report": 1, "all": 1}
+
+
+def test_results_named_by_an_older_run_id_are_found_then_migrated(
+        dag: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A results tree of the previous id scheme (every semantic field hashed): the DAG
+    trains nothing, `east runs migrate --apply` renames it, and still nothing trains."""
+    repo = copy_repo(dag[0], tmp_path / "repo")
+    monkeypatch.chdir(repo)
+    runs = unique_runs(load_grids(["params/demo.yaml"]))
+    for run_dir, cell in runs.items():
+        old = repo / "results/runs" / cell.config.legacy_cell_ids()[0]
+        old.mkdir(parents=True)
+        (repo / run_dir).rename(old / f"seed{cell.seed}")
+        (repo / run_dir).parent.rmdir()
+    planned = job_counts(snakemake(repo, "-n").stdout)
+    assert "train" not in planned and "evaluate" not in planned
+    moved = run([sys.executable, "-m", "east", "runs", "migrate", "--apply"], repo).stdout
+    assert f"renamed {len(runs)} run directories" in moved
+    assert all((repo / run_dir / "metrics.json").is_file() for run_dir in runs)
+    planned = job_counts(snakemake(repo, "-n").stdout)
+    assert "train" not in planned and "evaluate" not in planned
 
 
 def test_adding_a_row_trains_only_its_cells(dag: tuple[Path, str], tmp_path: Path) -> None:

@@ -565,7 +565,8 @@ def test_a_diverged_cell_reads_diverged_and_failed_cells_list_their_logs(failure
     flat = json.loads((out / "metrics.json").read_text())
     assert flat["resnet20/digits/big-lr/0.9"] == {
         "test_acc_mean": None, "test_acc_std": None, "test_acc_best_val_mean": None,
-        "seeds": 0, "seeds_expected": 3, "seeds_diverged": 3}
+        "seeds": 0, "seeds_expected": 3, "seeds_diverged": 3,
+        "flops_train_vs_dense_mean": None}
     files = sorted(p.name for p in (out / "metrics").iterdir())
     assert files == ["resnet20-digits-big-lr-0.9.json", "resnet20-digits-broken-0.9.json",
                      "resnet20-digits-half-0.9.json", "resnet20-digits-never-0.9.json",
@@ -594,3 +595,31 @@ def test_density_plot_is_relative_to_the_unshared_network(tmp_path: Path) -> Non
     (plot,) = [p for p in report.plots if p.kind == "density"]
     assert "masked weights of the unshared network" in plot.caption
     assert "target 1 − s" in plot.caption
+
+
+def test_training_cost_best_model_and_environments_in_the_report(tmp_path: Path) -> None:
+    """Training FLOPs relative to dense sit next to accuracy; the best model's epoch and
+    nnz reach results.csv; seeds run in different environments get a footnote."""
+    records = _cells(tmp_path / "runs", "resnet18", "digits", "rigl", "rigl", [0.8, 0.82])
+    for seed, (ratio, threads) in enumerate([(0.031, 1), (0.035, 2)]):
+        path = Path(records[seed]["run_dir"]) / "metrics.json"
+        metrics = json.loads(path.read_text())
+        metrics.update(flops_train_vs_dense=ratio,
+                       best={"epoch": 7 + seed, "nnz": 1116, "beta": 0.0, "step": 70,
+                             "val_acc": 0.8, "selection": "best validation accuracy"},
+                       environment={"threads": threads, "torch": "2.14.1", "device": "cpu"})
+        path.write_text(json.dumps(metrics))
+    report = build_report(pd.DataFrame(records), tmp_path / "reports")
+    table = (tmp_path / "reports" / "tables" / "resnet18-digits.md").read_text()
+    assert "**81.00 ± 1.41** (2) · 0.033x [1]" in table  # mean of 0.031 and 0.035
+    assert "[1] its seeds ran in different environments (CPU results depend on them): " \
+           "threads 1/2" in table
+    results = pd.read_csv(tmp_path / "reports" / "results.csv")
+    assert results["best_epoch"].tolist() == [7, 8]
+    assert results["best_nnz"].tolist() == [1116, 1116]
+    assert report.summary["flops_train_vs_dense_mean"].iloc[0] == pytest.approx(0.033)
+    # One environment: no footnote.
+    same = _cells(tmp_path / "same", "resnet18", "digits", "set", "set", [0.5, 0.6])
+    build_report(pd.DataFrame(same), tmp_path / "reports-same")
+    assert "environments" not in (tmp_path / "reports-same" / "tables" /
+                                  "resnet18-digits.md").read_text()

@@ -387,3 +387,24 @@ def test_progress_bar_on_a_tty() -> None:
     bar.close()
     text = stream.getvalue()
     assert "[x]" in text and "4/4" in text and "epoch line" in text and "loss=2.0000" in text
+
+
+def test_restore_takes_dyrelu_beta_from_the_schedule(tmp_path) -> None:
+    """β is not in a checkpoint's model state (issue 15): a restored run, even one stopped
+    after its last step, evaluates with the schedule's β, not the module's default of 1."""
+    from east.models import DyReLUB
+    from east.train import distributed as D
+    from east.train import setup
+
+    cell = make_cell(method="east", sparsity=0.9, epochs=4)
+    total = 4 * STEPS_PER_EPOCH
+    for stop, out in ((total // 2 + 3, tmp_path / "mid"), (total, tmp_path / "end")):
+        assert train_cell(cell, out, progress=False, max_steps=stop).exit_code == 0
+        built = setup.build(cell, out, torch.device("cpu"), D.env_from_environ(), None)
+        setup.resume_or_start(built, out)
+        state = built.state
+        assert built.resumed_from is not None and state.step == stop
+        expected = state.sparsifier.beta(stop - 1)
+        betas = {m.beta for m in state.model.modules() if isinstance(m, DyReLUB)}
+        assert betas == {expected}
+        assert expected < 1.0  # the check would fail with the module default

@@ -32,7 +32,6 @@ def run_bench(*, quick: bool = False, device: str = "cpu", out: str | Path = "re
     import torch
 
     from east.bench import cases as C
-    from east.bench.inference import InferencePlan, sparse_inference_cases
     from east.bench.planning import find_repo_root
     from east.bench.workload import resolve_bench_device
 

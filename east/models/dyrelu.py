@@ -153,9 +153,11 @@ class _DyReLUBFunction(torch.autograd.Function):
 class DyReLUB(nn.Module):
     """Channel-wise dynamic ReLU with K = 2 pieces and a phasing factor ``beta``.
 
-    ``beta`` is a persistent 0-dim buffer (so a saved model states which activation it was
-    evaluated with) mirrored in a Python float, so that ``forward`` branches without a device
-    sync. Change it only through ``set_beta``. It starts at 1.0, where EAST's schedule starts.
+    ``beta`` is a Python float (``forward`` branches on it without a device sync), set only
+    through ``set_beta``; it starts at 1.0, where EAST's schedule starts. It is not part of the
+    state_dict: the sparsifier's β schedule is its one source, which a checkpoint stores once
+    and a model file's meta records (issue 15); readers set it from there. A ``beta`` entry in
+    a state_dict of an older east (one per module) is accepted and ignored.
     ``inplace`` applies to the beta == 0 path only, like ``nn.ReLU(inplace=True)``: the
     ResNet places the module where its ReLU baseline is in-place, so after phase-out EAST
     allocates what the ReLU network allocates.
@@ -168,7 +170,6 @@ class DyReLUB(nn.Module):
         self.inplace = inplace
         self.fc1 = nn.Linear(channels, hidden)
         self.fc2 = nn.Linear(hidden, 4 * channels)
-        self.register_buffer("beta", torch.ones(()))
         self._beta = 1.0
 
     def set_beta(self, beta: float) -> None:
@@ -176,11 +177,14 @@ class DyReLUB(nn.Module):
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"DyReLU beta must be in [0, 1], got {beta}")
         self._beta = beta
-        self.beta.fill_(beta)
+
+    @property
+    def beta(self) -> float:
+        return self._beta
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        state_dict.pop(prefix + "beta", None)  # stored per module before issue 15
         super()._load_from_state_dict(state_dict, prefix, *args)
-        self._beta = float(self.beta)  # keep the mirror in step with a loaded buffer
 
     def forward(self, x: Tensor) -> Tensor:
         if self._beta == 0.0:

@@ -63,6 +63,7 @@ METRIC_FIELDS = (
     "flops_inference",
     "flops_inference_dense",
     "flops_train",
+    "flops_train_vs_dense",
     "effective_nnz",
     "effective_sparsity",
     "wall_time_s",
@@ -284,7 +285,9 @@ def collect(expected: pd.DataFrame) -> Collected:
         record: dict[str, Any] = {c: cell[c] for c in cells.columns}
         record.update({field: math.nan for field in METRIC_FIELDS})
         record.update({"cell_id": "", "n_collapsed_layers": math.nan, "collapsed_layers": ""})
-        record.update(inference_speedup=math.nan, inference_speedup_b1=math.nan)
+        record.update(inference_speedup=math.nan, inference_speedup_b1=math.nan,
+                      best_epoch=math.nan, best_nnz=math.nan, best_selection="",
+                      environment="")
         metrics_path = run_dir / "metrics.json"
         summary, _ = _read_json(run_dir / "summary.json") if run_dir.is_dir() else (None, "")
         summary = summary if isinstance(summary, dict) else {}
@@ -309,6 +312,9 @@ def collect(expected: pd.DataFrame) -> Collected:
                 history.extend({**key, **h} for h in _read_history(run_dir / "history.jsonl"))
                 layers.extend({**key, **lay} for lay in _layer_records(metrics))
                 record.update(inference_speedups(run_dir))
+                record.update(_best_record(metrics.get("best")))
+                record["environment"] = json.dumps(metrics.get("environment") or {},
+                                                   sort_keys=True)
         elif summary.get("status") == "diverged":
             note = diverged_text(summary.get("diverged")) + "; not evaluated yet"
             record.update(status="diverged", note=note)
@@ -329,6 +335,22 @@ def collect(expected: pd.DataFrame) -> Collected:
     layer_columns = [*CELL_KEY, "layer_index", "layer", "numel", "nnz", "density",
                      "effective_nnz", "shared_users"]
     return Collected(frame, history_frame, pd.DataFrame(layers, columns=layer_columns))
+
+
+def _best_record(best: Any) -> dict[str, Any]:
+    """The best-validation model's epoch, nnz and selection (metrics.json ``best``)."""
+    best = best if isinstance(best, dict) else {}
+    return {"best_epoch": _number(best.get("epoch")), "best_nnz": _number(best.get("nnz")),
+            "best_selection": str(best.get("selection") or "")}
+
+
+def _environment_text(environments: pd.Series) -> str:
+    """'' when the done seeds ran in one environment, else what differed: 'threads 1/2'."""
+    from east.train.environment import differences
+
+    records = [json.loads(e) for e in environments if isinstance(e, str) and e]
+    found = differences(records) if len(records) > 1 else {}
+    return "; ".join(f"{key} {'/'.join(map(str, values))}" for key, values in found.items())
 
 
 def _order(values: Iterable[Any]) -> dict[Any, int]:
@@ -412,6 +434,9 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
                 # NaN unless some done seed has a measured sparse export (inference.json).
                 "inference_speedup_mean": float(done["inference_speedup"].mean())
                 if len(done) and done["inference_speedup"].notna().any() else math.nan,
+                "flops_train_vs_dense_mean": float(done["flops_train_vs_dense"].mean())
+                if len(done) and done["flops_train_vs_dense"].notna().any() else math.nan,
+                "environments_differ": _environment_text(done["environment"]),
                 "wall_time_s_mean": float(done["wall_time_s"].mean()) if len(done) else math.nan,
                 "not_done": _not_done_text(lacking),
                 "_table": table_order[(arch, dataset)],
@@ -451,6 +476,7 @@ def flat_metrics(summary: pd.DataFrame) -> dict[str, dict[str, float | int | Non
             "seeds": int(item.n_done),
             "seeds_expected": int(item.n_expected),
             "seeds_diverged": int(item.n_diverged),
+            "flops_train_vs_dense_mean": clean(item.flops_train_vs_dense_mean),
         }
     return out
 

@@ -48,7 +48,8 @@ RESULT_COLUMNS = [
     "row", "row_label", "grid", "protocol", "arch", "dataset", "method", "sparsity", "seed",
     "status", "note", "test_acc", "test_acc_best_val", "best_val_acc", "n_masked",
     "nnz_masked", "density_masked", "n_params", "nnz_params", "density_all",
-    "flops_inference", "flops_inference_dense", "flops_train", "effective_nnz",
+    "flops_inference", "flops_inference_dense", "flops_train", "flops_train_vs_dense",
+    "best_epoch", "best_nnz", "best_selection", "environment", "effective_nnz",
     "effective_sparsity", "n_collapsed_layers", "collapsed_layers", "wall_time_s", "cell_id",
     "run_dir", "logs", "inference_speedup", "inference_speedup_b1",
 ]

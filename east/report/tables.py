@@ -39,6 +39,7 @@ class Cell:
     bold: bool = False
     note: int | None = None
     n_diverged: int = 0
+    cost: float = math.nan  # training FLOPs / dense training's, mean over the done seeds
 
     @property
     def empty(self) -> bool:
@@ -61,6 +62,11 @@ class Cell:
     @property
     def std_text(self) -> str | None:
         return None if not math.isfinite(self.std) else f"{self.std:.{DECIMALS}f}"
+
+    @property
+    def cost_text(self) -> str | None:
+        """'0.12x' (2 significant digits), None when unknown."""
+        return None if not math.isfinite(self.cost) else f"{self.cost:.2g}x"
 
     @property
     def count_text(self) -> str:
@@ -107,7 +113,9 @@ class Table:
         return (
             f"{self.arch} on {self.dataset}{protocol}: top-1 test accuracy (%) of the final "
             "model by sparsity, mean ± sample std (ddof=1) over seeds, seed count in "
-            "parentheses; best mean per column in bold."
+            "parentheses; best mean per column in bold; after the dot, the training cost: "
+            "training FLOPs over those of dense training of the same network (RigL's "
+            "accounting, dense-gradient steps and scoring included), mean over seeds."
         )
 
 
@@ -180,16 +188,24 @@ def build_tables(summary: pd.DataFrame) -> list[Table]:
                 item = match.iloc[0]
                 mean = 100.0 * float(item["test_acc_mean"])
                 note = None
+                texts = []
                 if item["n_done"] < item["n_expected"]:
-                    # Cells lacking the same seeds for the same reason share one footnote.
-                    if item["not_done"] not in notes:
-                        notes.append(item["not_done"])
-                    note = notes.index(item["not_done"]) + 1
+                    texts.append(item["not_done"])
+                if item.get("environments_differ"):
+                    texts.append("its seeds ran in different environments (CPU results "
+                                 f"depend on them): {item['environments_differ']}")
+                if texts:
+                    # Cells with the same story share one footnote.
+                    text = "; ".join(texts)
+                    if text not in notes:
+                        notes.append(text)
+                    note = notes.index(text) + 1
                 bold = item["n_done"] > 0 and round(mean, DECIMALS) == best[s]
                 cells.append(
                     Cell(mean, 100.0 * float(item["test_acc_std"]), int(item["n_done"]),
                          int(item["n_expected"]), bold, note,
-                         int(item.get("n_diverged", 0)))
+                         int(item.get("n_diverged", 0)),
+                         float(item.get("flops_train_vs_dense_mean", math.nan)))
                 )
             rows.append(Row(row_key, label, str(first["method"]), tuple(cells)))
         nnz = tuple(_nnz_text(part[part["sparsity"] == s]) for s in sparsities)

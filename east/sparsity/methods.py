@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -41,8 +40,10 @@ from east.sparsity.budget import (
     model_counts,
     plan_budgets,
 )
+from east.sparsity.initial import Batches, InitContext, LossFn, initializer_for
 from east.sparsity.masks import MaskEnforcer, register_masks
 from east.sparsity.presets import Method, method_spec
+from east.sparsity.rules import DensityRule, DropGrowRule, Grads, Rule
 from east.sparsity.schedules import (
     Beta,
     CubicDensity,
@@ -54,208 +55,6 @@ from east.sparsity.schedules import (
 from east.sparsity.timing import resolve_timing
 
 STATE_FORMAT = 1
-Batches = Iterable[tuple[Tensor, Tensor]]
-LossFn = Callable[[Tensor, Tensor], Tensor]
-
-
-# =========================================================================== initial masks
-
-
-@dataclass(frozen=True)
-class InitContext:
-    """What a global initial-mask rule may use."""
-
-    model: nn.Module
-    names: list[str]
-    batches: Batches
-    loss_fn: LossFn | None
-    total: int
-    generator: torch.Generator
-    cfg: SparsityConfig
-    passes: list[S.ScoringPass]  # filled with the forward/backward passes scoring runs
-
-
-def _from_scores(ctx: InitContext, scores: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Global top-``total`` of per-layer scores, at least one weight per layer."""
-    flat = {n: s.reshape(-1) for n, s in scores.items()}
-    chosen = S.global_select(flat, ctx.total, ctx.generator, MIN_PER_LAYER)
-    out = {}
-    for name in ctx.names:
-        m = torch.zeros(flat[name].numel(), dtype=torch.bool, device=flat[name].device)
-        m[chosen[name]] = True
-        out[name] = m.view(scores[name].shape)
-    return out
-
-
-def _need_loss(ctx: InitContext) -> LossFn:
-    if ctx.loss_fn is None:
-        raise EastError(f"sparsity.init: {ctx.cfg.init} needs a loss function")
-    return ctx.loss_fn
-
-
-def _snip_masks(ctx: InitContext) -> dict[str, Tensor]:
-    return _from_scores(ctx, S.snip_scores(ctx.model, ctx.names, ctx.batches, _need_loss(ctx),
-                                           passes=ctx.passes))
-
-
-def _grasp_masks(ctx: InitContext) -> dict[str, Tensor]:
-    return _from_scores(ctx, S.grasp_scores(ctx.model, ctx.names, ctx.batches, _need_loss(ctx),
-                                            passes=ctx.passes))
-
-
-def _synflow_masks(ctx: InitContext) -> dict[str, Tensor]:
-    first = next(iter(ctx.batches), None)
-    if first is None:
-        raise EastError("sparsity.init: synflow needs one batch (for the input shape)")
-    return S.synflow_masks(ctx.model, ctx.names, tuple(first[0].shape[1:]), ctx.total,
-                           ctx.cfg.synflow_rounds, ctx.generator, MIN_PER_LAYER,
-                           passes=ctx.passes)
-
-
-@dataclass(frozen=True)
-class Initializer:
-    """How the first mask is chosen: per layer by a score inside the layer budget, or
-    globally (the allocation emerges from the scores; at least one weight per layer)."""
-
-    per_layer: S.Scorer | None = None
-    global_masks: Callable[[InitContext], dict[str, Tensor]] | None = None
-    needs_data: bool = False
-
-    @property
-    def global_allocation(self) -> bool:
-        return self.global_masks is not None
-
-
-INITIALIZERS: dict[str, Initializer] = {
-    "dense": Initializer(per_layer=S.constant),
-    "random": Initializer(per_layer=S.random),
-    "snip": Initializer(global_masks=_snip_masks, needs_data=True),
-    "grasp": Initializer(global_masks=_grasp_masks, needs_data=True),
-    "synflow": Initializer(global_masks=_synflow_masks, needs_data=True),  # input shape only
-}
-
-
-def _initializer(cfg: SparsityConfig) -> Initializer:
-    if cfg.init not in INITIALIZERS:
-        raise EastError(f"sparsity.init: unknown initial mask {cfg.init!r} "
-                        f"(known: {', '.join(INITIALIZERS)})")
-    return INITIALIZERS[cfg.init]
-
-
-# =========================================================================== timing
-
-
-# =========================================================================== update rules
-
-
-@dataclass
-class _Grads:
-    """Dense gradients captured at an update step, by layer index."""
-
-    step: int
-    by_layer: list[Tensor | None]
-    finite: bool
-
-
-class _Rule:
-    """One kind of mask update: when it is due and what it does. ``needs_grad``: it reads
-    gradients (captured at the step); ``grows_by_gradient``: its growth ranks inactive
-    weights by gradient, i.e. needs the gradient w.r.t. all weights (training FLOPs)."""
-
-    name: str
-    needs_grad: bool
-    grows_by_gradient: bool
-    schedules: dict[str, Schedule]
-
-    def due(self, it: int) -> bool:
-        raise NotImplementedError
-
-    def apply(self, sp: Sparsifier, it: int, grads: _Grads | None) -> dict[str, int]:
-        raise NotImplementedError
-
-
-class _DensityRule(_Rule):
-    """Move every layer to its budget at a scheduled density: prune the lowest drop-scores
-    where the budget shrank, grow the highest grow-scores where it rose. ``grow=None``
-    makes it prune-only (GMP): a layer never rises, and never drops below its final budget,
-    so the schedule ends exactly on the target budget whatever the rounding on the way."""
-
-    def __init__(self, name: str, schedule: CubicDensity | CyclicDensity,
-                 drop: tuple[S.Scorer, bool], grow: tuple[S.Scorer, bool] | None) -> None:
-        self.name = name
-        self.schedule = schedule
-        self.drop = drop[0]
-        self.grow = grow[0] if grow else None
-        self.grows_by_gradient = bool(grow and grow[1])
-        self.needs_grad = drop[1] or self.grows_by_gradient
-        self.schedules = {name: schedule}
-
-    def due(self, it: int) -> bool:
-        return self.schedule.due(it)
-
-    def apply(self, sp: Sparsifier, it: int, grads: _Grads | None) -> dict[str, int]:
-        targets = sp.budgets_at(self.schedule.density(it))
-        pruned = grown = 0
-        for i, name in enumerate(sp.names):
-            current, target = sp.budgets[name], targets[name]
-            if self.grow is None:
-                target = max(sp.base_budgets[name], min(current, target))
-            if target < current:
-                sp.drop_weights(i, current - target, self.drop, grads)
-                pruned += current - target
-            elif target > current and self.grow is not None:
-                added = min(target - current, sp.growable(i))
-                sp.grow_weights(i, added, self.grow, grads)
-                grown += added
-                target = current + added
-            sp.budgets[name] = target
-        return {"pruned": pruned, "grown": grown}
-
-
-class _DropGrowRule(_Rule):
-    """RigL-style update: per layer, k = ceil(f·nnz); drop the k lowest drop-scores among
-    active weights, grow the k highest grow-scores among the inactive ones. Counts per layer
-    are unchanged.
-
-    ``regrow_dropped`` (RigL's and the authors' code): the grow candidates include the k
-    weights just dropped; one that is regrown keeps its value and optimizer state (it never
-    left). Without it (the spec's "disjoint" reading), candidates are only the weights
-    inactive before the update, and k is capped so that there are enough of them."""
-
-    def __init__(self, drop: tuple[S.Scorer, bool], grow: tuple[S.Scorer, bool],
-                 period: Periodic, fraction: DropFraction, regrow_dropped: bool) -> None:
-        self.name = "drop_grow"
-        self.drop, self.grow = drop[0], grow[0]
-        self.needs_grad = drop[1] or grow[1]
-        self.grows_by_gradient = grow[1]
-        self.regrow_dropped = regrow_dropped
-        self.period, self.fraction = period, fraction
-        self.schedules = {"drop_grow.period": period, "drop_grow.fraction": fraction}
-
-    def due(self, it: int) -> bool:
-        return self.period.due(it) and self.fraction(it) > 0.0
-
-    def apply(self, sp: Sparsifier, it: int, grads: _Grads | None) -> dict[str, int]:
-        f = self.fraction(it)
-        moved = regrown = 0
-        for i, name in enumerate(sp.names):
-            active = sp.budgets[name]
-            if self.regrow_dropped:  # the k dropped are candidates again: never short
-                k = min(math.ceil(f * active), active)
-            else:
-                k = min(math.ceil(f * active), active, sp.growable(i))
-            if k <= 0:
-                continue
-            dropped = sp.drop_weights(i, k, self.drop, grads, final=not self.regrow_dropped)
-            grown = sp.grow_weights(i, k, self.grow, grads,
-                                    keep=dropped if self.regrow_dropped else None)
-            moved += k
-            if self.regrow_dropped:
-                regrown += int((dropped & grown).sum())
-        stats = {"dropped": moved, "grown": moved}
-        if self.regrow_dropped:
-            stats["regrown"] = regrown
-        return stats
 
 
 # =========================================================================== the sparsifier
@@ -271,7 +70,7 @@ class Sparsifier:
             raise EastError("the model has no masked parameters")
         self.cfg = cfg
         self.spec: Method = method_spec(cfg.method)
-        self.init = _initializer(cfg)
+        self.init = initializer_for(cfg)
         self.counts = counts
         self.names = list(params)
         self.params = [params[n] for n in self.names]
@@ -296,7 +95,7 @@ class Sparsifier:
         self.beta_schedule = Beta(cfg.dyrelu, self.timing.dyrelu_start, self.timing.dyrelu_end)
         self.rules = self._compose()
         self.initialized = False
-        self._grads: _Grads | None = None
+        self._grads: Grads | None = None
         self._dropped_now: dict[int, Tensor] = {}
         self.updates = 0
         self.skipped_updates = 0
@@ -310,25 +109,25 @@ class Sparsifier:
         self.on_change: Callable[[str, str, Tensor], None] | None = None
 
     # ------------------------------------------------------------------ composition
-    def _compose(self) -> list[_Rule]:
+    def _compose(self) -> list[Rule]:
         cfg, t = self.cfg, self.timing
-        rules: list[_Rule] = []
+        rules: list[Rule] = []
         if self.spec.gradual:
             cubic = CubicDensity(initial=max(cfg.initial_density, self.target_density),
                                  final=self.target_density, start=t.prune_start,
                                  end=t.prune_end, interval=t.prune_interval)
-            rules.append(_DensityRule("gradual", cubic, (S.magnitude, False), grow=None))
+            rules.append(DensityRule("gradual", cubic, (S.magnitude, False), grow=None))
         dyn_start = 0
         if cfg.cyclic:
             cyclic = CyclicDensity(target=self.target_density, max_factor=cfg.cycle_max_factor,
                                    cycles=cfg.cycles, length=t.cycle_length,
                                    interval=t.cycle_interval)
             # The row's own scorers: SET's cycles grow at random, MEST's drop by its score.
-            rules.append(_DensityRule("cyclic", cyclic, S.drop_scorer(cfg.drop, cfg),
+            rules.append(DensityRule("cyclic", cyclic, S.drop_scorer(cfg.drop, cfg),
                                       grow=S.grow_scorer(cfg.grow)))
             dyn_start = cyclic.end  # plain drop-and-grow only after the cycles
         if self.spec.dynamic:
-            rules.append(_DropGrowRule(
+            rules.append(DropGrowRule(
                 S.drop_scorer(cfg.drop, cfg), S.grow_scorer(cfg.grow),
                 Periodic(t.update_interval, start=dyn_start, end=t.update_end),
                 DropFraction(cfg.drop_fraction, t.update_end, cfg.drop_schedule),
@@ -342,7 +141,7 @@ class Sparsifier:
         if not self.initialized or self.budgets != self.base_budgets:
             return False
         for rule in self.rules:
-            if isinstance(rule, _DensityRule) and it < rule.schedule.end:  # type: ignore[union-attr]
+            if isinstance(rule, DensityRule) and it < rule.schedule.end:  # type: ignore[union-attr]
                 return False
         return it >= 1 and self.beta_schedule(it - 1) == 0.0
 
@@ -405,7 +204,7 @@ class Sparsifier:
         self._noop = all_dense and not self.rules
 
     # ------------------------------------------------------------------ per step
-    def _due(self, it: int) -> list[_Rule]:
+    def _due(self, it: int) -> list[Rule]:
         return [r for r in self.rules if r.due(it)]
 
     def after_backward(self, step: int) -> None:
@@ -416,7 +215,7 @@ class Sparsifier:
         if any(r.needs_grad for r in self._due(step + 1)):
             grads = [None if p.grad is None else p.grad.detach().clone() for p in self.params]
             finite = all(bool(torch.isfinite(g).all()) for g in grads if g is not None)
-            self._grads = _Grads(step, grads, finite)
+            self._grads = Grads(step, grads, finite)
         self.enforcer.mask_grads()
 
     def after_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
@@ -436,7 +235,7 @@ class Sparsifier:
         if self.debug:
             self._check(step, optimizer)
 
-    def _update(self, step: int, due: list[_Rule]) -> bool:
+    def _update(self, step: int, due: list[Rule]) -> bool:
         grads = self._grads if self._grads is not None and self._grads.step == step else None
         self._grads = None
         if any(r.needs_grad for r in due):
@@ -472,7 +271,7 @@ class Sparsifier:
         mask = self.enforcer.masks()[i]
         return mask, mask.reshape(-1).clone()
 
-    def _score(self, i: int, scorer: S.Scorer, grads: _Grads | None) -> Tensor:
+    def _score(self, i: int, scorer: S.Scorer, grads: Grads | None) -> Tensor:
         g = None if grads is None else grads.by_layer[i]
         p = self.params[i]
         if g is None and grads is not None:
@@ -485,7 +284,7 @@ class Sparsifier:
         taken = 0 if earlier is None else int(earlier.sum())
         return self.sizes[self.names[i]] - self.budgets[self.names[i]] - taken
 
-    def drop_weights(self, i: int, k: int, scorer: S.Scorer, grads: _Grads | None, *,
+    def drop_weights(self, i: int, k: int, scorer: S.Scorer, grads: Grads | None, *,
                      final: bool = True) -> Tensor:
         """Deactivate the k active weights of layer i with the lowest scores; returns the
         dropped positions (flat). ``final``: they are zeroed now and no later growth of
@@ -503,7 +302,7 @@ class Sparsifier:
         self._commit(i, mask, flat, dropped, "drop", zero_at=dropped if final else None)
         return dropped
 
-    def grow_weights(self, i: int, k: int, scorer: S.Scorer, grads: _Grads | None, *,
+    def grow_weights(self, i: int, k: int, scorer: S.Scorer, grads: Grads | None, *,
                      keep: Tensor | None = None) -> Tensor:
         """Activate the k inactive weights of layer i with the highest scores, never one
         dropped for good earlier in the same update; returns the grown positions (flat).
@@ -544,7 +343,7 @@ class Sparsifier:
         schedule is moving it)."""
         it = step + 1
         for rule in self.rules:
-            if isinstance(rule, _DensityRule) and it < rule.schedule.end:  # type: ignore[union-attr]
+            if isinstance(rule, DensityRule) and it < rule.schedule.end:  # type: ignore[union-attr]
                 return None
         return self.base_total
 

@@ -158,6 +158,8 @@ class TrainState:
         self.schedule.load_state_dict(state["lr_schedule"])
         self.sparsifier.load_state_dict(state["sparsifier"])
         self.loader.load_state_dict(state["loader"])
+        # β is not in the model's state_dict: the schedule, as of the last step taken.
+        self.model.set_beta(self.sparsifier.beta(max(self.step - 1, 0)))
         stats = state["epoch_stats"]
         if self.env.is_main:  # the other ranks start the epoch's sums at 0
             self.epoch_loss = stats["loss_sum"].to(self.device)
