@@ -21,7 +21,7 @@ from east.errors import EastError
 
 QUICK_KINDS = {"planning", "masked_step", "dyrelu_step", "east_step", "rigl_update",
                "east_update", "input_pipeline", "loader_vs_indexing", "peak_memory",
-               "sparse_inference", "sparse_kernel"}
+               "sparse_inference", "sparse_kernel", "dyrelu_memory"}
 
 
 
@@ -231,6 +231,29 @@ def test_update_bench_restores_state_and_times_real_updates() -> None:
     assert rule.due(prev + 1) and rule.due(at + 1) and at - prev == 100
 
 
+# ----------------------------------------------------------------------------- DyReLU
+
+
+def test_dyrelu_thread_counts_are_one_two_and_all_cores() -> None:
+    from east.bench.cases import dyrelu_thread_counts
+
+    assert dyrelu_thread_counts(1) == (1,)
+    assert dyrelu_thread_counts(2) == (1, 2)
+    assert dyrelu_thread_counts(16) == (1, 2, 16)
+
+
+def test_dyrelu_memory_floor_counts_every_activation_input_and_fc() -> None:
+    from east.bench.dyrelu import dyrelu_memory_floor
+
+    # resnet20 (widths 16/32/64, 3 blocks a stage, 2 activations a block) at 8x8: the stem
+    # and stage 1 at 8x8, stage 2 at 4x4, stage 3 at 2x2; fp32, 3 images.
+    per_image = 16 * 64 + 6 * 16 * 64 + 6 * 32 * 16 + 6 * 64 * 4
+    # FC1 C -> C/4 and FC2 C/4 -> 4C with biases, per module: C^2/4 + C/4 + C^2 + 4C.
+    fc = sum(n * (c * c // 4 + c // 4 + c * c + 4 * c) for n, c in ((7, 16), (6, 32), (6, 64)))
+    assert dyrelu_memory_floor("resnet20", 3, 8) == {"saved_input_bytes": 3 * 4 * per_image,
+                                                     "fc_state_bytes": 3 * 4 * fc}
+
+
 # ----------------------------------------------------------------------------- memory
 
 
@@ -294,6 +317,13 @@ def test_quick_bench_writes_every_case(tmp_path: Path,
     assert by_kind["east_step"]["target"] == {"op": "<=", "bound": 1.05}
     assert by_kind["rigl_update"]["target"] == {"op": "<=", "bound": 1.0}
     assert by_kind["input_pipeline"]["target"] == {"op": ">=", "bound": 0.95}
+    # DyReLU: timed at the quick plan's one thread, memory against the ReLU run.
+    dyrelu = [c for c in cases if c["kind"] == "dyrelu_step"]
+    assert [c["id"] for c in dyrelu] == ["dyrelu_step/resnet20/1t"]
+    assert dyrelu[0]["target"] == {"op": "<=", "bound": 1.3}
+    assert dyrelu[0]["details"]["threads"] == 1
+    assert by_kind["dyrelu_memory"]["target"] == {"op": "<=", "bound": 1.2}
+    assert by_kind["dyrelu_memory"]["details"]["dyrelu_saved_input_mib"] > 0
     assert by_kind["rigl_update"]["details"]["updates_in_run"] == {"drop_grow": 21}
     assert by_kind["planning"]["details"]["jobs"] > 0
     assert by_kind["peak_memory"]["details"]["sparse_mask_updates"] == 1

@@ -54,6 +54,7 @@ def _run(plan: Any, dev: Any, device: str, root: Path | None, out: str | Path,
     import torch
 
     from east.bench import cases as C
+    from east.bench.dyrelu import dyrelu_memory_case, dyrelu_step_cases
     from east.bench.inference import InferencePlan, sparse_inference_cases
     from east.bench.memory import memory_case
     from east.bench.planning import planning_case
@@ -91,8 +92,8 @@ def _run(plan: Any, dev: Any, device: str, root: Path | None, out: str | Path,
                                   lambda a=arch: C.masked_step_case(a, plan, dev))
             results.append(case)
             dense_step[arch] = dense_s
-        results.append(timed(f"DyReLU step ({plan.dyrelu_arch})",
-                             lambda: C.dyrelu_step_case(plan, dev)))
+        results += timed(f"DyReLU step ({plan.dyrelu_arch})",
+                         lambda: dyrelu_step_cases(plan, dev))
         results.append(timed(f"EAST step ({plan.east_arch})",
                              lambda: C.east_step_case(plan, dev)))
         results += timed(f"mask updates ({plan.update_arch})",
@@ -107,6 +108,8 @@ def _run(plan: Any, dev: Any, device: str, root: Path | None, out: str | Path,
         arch=plan.memory_arch, sparse=C.RIGL, dense=C.DENSE, device=device,
         batch_size=plan.batch_size, image_size=plan.image_size,
         repeats=plan.memory_repeats, threads=torch.get_num_threads())))
+    results.append(timed(f"DyReLU peak memory ({plan.dyrelu_arch})",
+                         lambda: dyrelu_memory_case(plan, device, torch.get_num_threads())))
 
     report["wall_s"] = time.perf_counter() - began
     report["machine"]["load_average_end"] = list(os.getloadavg())

@@ -2,7 +2,8 @@
 
 1. ``masked_step``  — a RigL step with no mask update due (masks enforced on gradients,
    weights and optimizer state, as on 3999 of every 4000 steps) / a dense step.
-2. ``dyrelu_step``  — a dense step with DyReLU-B at β = 1 / the same with ReLU;
+2. ``dyrelu_step``  — a dense step with DyReLU-B at β = 1 / the same with ReLU, at 1, 2
+   and all CPU threads, and ``dyrelu_memory``: in ``east.bench.dyrelu``;
    ``east_step``    — an EAST step after the DyReLU phase-out (β = 0, sharing, masks, no
    update due) / a dense step of the unshared ReLU network.
 3. ``rigl_update``, ``east_update`` — the mask updates of a whole paper run as a share of
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -86,6 +88,7 @@ class Plan:
     memory_repeats: int
     dense_step_units: int
     threads: int | None = None  # torch CPU threads to use (None: leave torch's setting)
+    dyrelu_threads: tuple[int, ...] = ()  # CPU threads the DyReLU step is timed at (): as is
 
     def reps(self, arch: str) -> Reps:
         return self.step_reps[arch]
@@ -105,6 +108,7 @@ class Plan:
                 grid="params/demo.yaml", step_reps={"resnet20": reps},
                 update_reps=Reps(2, 1, 1), pipeline_reps=Reps(2, 1, 1), memory_repeats=1,
                 dense_step_units=1, threads=None if gpu else 1,
+                dyrelu_threads=() if gpu else (1,),
             )
         if gpu:
             step_reps = {arch: Reps(15, 10, 5) for arch in
@@ -121,7 +125,20 @@ class Plan:
             memory_arch="resnet18", pipeline_images=dataset_info("cifar10").split_sizes(0.1)
             ["train"], grid="params/paper.yaml", step_reps=step_reps, update_reps=update_reps,
             pipeline_reps=pipeline_reps, memory_repeats=2, dense_step_units=dense_units,
+            dyrelu_threads=() if gpu else dyrelu_thread_counts(usable_cores()),
         )
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def dyrelu_thread_counts(cores: int) -> tuple[int, ...]:
+    """1, 2 and all usable cores, without repeats and never more threads than cores."""
+    return tuple(sorted({t for t in (1, 2, cores) if t <= max(1, cores)}))
 
 
 def _collect() -> None:
@@ -178,24 +195,6 @@ def masked_step_case(arch: str, plan: Plan, dev: DeviceSetup) -> tuple[CaseResul
     del dense, rigl
     _collect()
     return result, dense_s
-
-
-def dyrelu_step_case(plan: Plan, dev: DeviceSetup) -> CaseResult:
-    arch = plan.dyrelu_arch
-    relu = build_step_setup("ReLU step", arch, DENSE, dev, batch_size=plan.batch_size,
-                            image_size=plan.image_size)
-    dyrelu = build_step_setup("DyReLU-B step (beta = 1)", arch, DENSE_DYRELU, dev,
-                              batch_size=plan.batch_size, image_size=plan.image_size)
-    if dyrelu.sparsifier.beta(dyrelu.step) != 1.0:
-        raise AssertionError("the DyReLU step must run at beta = 1")
-    result = _ratio_case(
-        f"dyrelu_step/{arch}", "dyrelu_step", f"DyReLU-B step / ReLU step, {arch}",
-        "dense training step with every ReLU a DyReLU-B (K = 2, reduction 4, beta = 1) / "
-        "the same with ReLU (lower is better)", relu, dyrelu, plan.reps(arch), dev, None,
-    )
-    del relu, dyrelu
-    _collect()
-    return result
 
 
 def east_step_case(plan: Plan, dev: DeviceSetup) -> CaseResult:

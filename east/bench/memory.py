@@ -227,10 +227,11 @@ def memory_case(*, arch: str, sparse: dict[str, Any], dense: dict[str, Any], dev
 def dyrelu_memory_case(*, arch: str, relu: dict[str, Any], dyrelu: dict[str, Any],
                        device: str, batch_size: int, image_size: int, repeats: int,
                        threads: int, target: Target | None,
-                       saved_input_bytes: int) -> CaseResult:
+                       floor: dict[str, int]) -> CaseResult:
     """Peak-memory growth of a run with DyReLU-B (beta = 1) / the same run with ReLU (ABBA
-    over ``repeats`` pairs, ordinary steps only). ``saved_input_bytes``: what the DyReLU
-    modules must keep for backward beyond what ReLU keeps (the input x of each)."""
+    over ``repeats`` pairs, ordinary steps only). ``floor``: bytes the DyReLU network must
+    hold beyond the ReLU one (``saved_input_bytes``: the input x of each module, kept for
+    backward; ``fc_state_bytes``: FC weights, gradients, momentum)."""
     base = {"arch": arch, "device": device, "batch_size": batch_size,
             "image_size": image_size, "threads": threads}
     runs = _abba_children({"relu": {**base, "label": "ReLU", "sparse": relu},
@@ -249,7 +250,8 @@ def dyrelu_memory_case(*, arch: str, relu: dict[str, Any], dyrelu: dict[str, Any
         "dyrelu_mib": spread(dyrelu_mib).as_dict(),
         "extra_mib": spread([d - r for r, d in zip(relu_mib, dyrelu_mib, strict=True)])
         .as_dict(),
-        "dyrelu_saved_input_mib": saved_input_bytes / MIB, "runs": runs,
+        "dyrelu_saved_input_mib": floor["saved_input_bytes"] / MIB,
+        "dyrelu_fc_state_mib": floor["fc_state_bytes"] / MIB, "runs": runs,
     }
     return CaseResult(
         f"dyrelu_memory/{arch}", "dyrelu_memory", f"Peak memory, DyReLU-B / ReLU, {arch}",
@@ -258,7 +260,7 @@ def dyrelu_memory_case(*, arch: str, relu: dict[str, Any], dyrelu: dict[str, Any
         spread(ratios).median, spread(ratios), target, details,
         notes="one fresh process per run; an exact DyReLU-B must keep its input x for "
               "backward (ReLU keeps only its output, which the next conv keeps anyway): "
-              "dyrelu saved input mib is that floor",
+              "dyrelu saved input mib + dyrelu fc state mib is the floor of the extra",
     )
 
 

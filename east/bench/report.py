@@ -158,7 +158,7 @@ def _detail_lines(case: CaseResult) -> list[str]:
                 "measured_as", "mask_storage_mib", "gradient_clone_mib",
                 "dense_images_per_s", "sparse_images_per_s", "flops_ratio",
                 "share_of_flops_ratio", "nnz_unique", "nnz_materialized", "nnz_stored",
-                "threads", "dyrelu_saved_input_mib"):
+                "threads", "dyrelu_saved_input_mib", "dyrelu_fc_state_mib"):
         if key in d:
             value = d[key]
             if isinstance(value, float):

@@ -10,21 +10,28 @@ FC1: C -> C/4 and FC2: C/4 -> 4C (K = 2 pieces). FC2's output is read per channe
 which is beta*coef_dyrelu + (1 - beta)*[1, 0, 0, 0] written out. At beta == 0 the module is
 exactly ``torch.relu`` and runs no hyper-function.
 
-Speed: a naive version (stack both pieces, torch.max over them) costs 1.8-3.3x a ReLU step on
-CPU. Here the whole module (mean, FCs, pieces) is one autograd.Function, so that
-- y = max((a1 - a2)*x + b1, b2) + a2*x takes three in-place elementwise ops on y,
-- only x and small per-sample tensors are saved; backward recomputes the active piece,
-- the four per-(sample, channel) coefficient-gradient sums share one pass, and the mean's
-  gradient (through the FCs, differentiated by hand) is folded into the in-place pass that
-  turns the buffer holding grad*mask into the input gradient: no extra full-size tensors,
-- every elementwise op broadcasts per-(sample, channel) coefficients in a way the CPU kernels
-  vectorise (see ``_affine``), and coefficients are contiguous,
-- on CPU the batch is walked in chunks sized to stay in L2 between consecutive ops.
+Speed (docs/benchmarks.md has the profile): the whole module (mean, FCs, pieces) is one
+autograd.Function, so that
+- y = max((a1 - a2)*x + b1, b2) + a2*x takes three or four in-place elementwise ops on y;
+  the pieces are never materialised,
+- only x and small per-(sample, channel) tensors are saved; backward recomputes which piece
+  is active; the four per-(sample, channel) sums the coefficient gradients need share one
+  pass, which also leaves g*(active slope) in the input-gradient buffer; the mean's share of
+  the input gradient (through the FCs, differentiated by hand) is one more broadcast add,
+- on CPU the batch is walked in chunks (``CPU_CHUNK_ELEMS`` per thread) so that the ops of
+  one pass find x, g and the buffers in cache; each op is parallel over its chunk, and the
+  chunk grows with the thread count so that every thread keeps the same share,
+- on CPU, each module hands its output/input-gradient buffer out again once no tensor uses
+  it any more (``_ReusedBuffer``): a fresh activation-sized buffer from malloc costs its
+  page faults on first touch, which measured about half of this module's extra time in a
+  ResNet-18 step; the buffer is one the step needs anyway, so peak memory does not grow.
 """
 
 from __future__ import annotations
 
 import math
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -34,33 +41,91 @@ from torch.nn import functional as F
 
 __all__ = ["DyReLUB"]
 
-# Elements per chunk and intra-op thread on CPU (512 KiB of float32): on a 2-core AVX-512
-# machine (2 MiB L2 per core) 2^16..2^18 ran best of 2^14..2^30; small enough to keep each
-# thread's share of x, grad and buffers in its L2, big enough to amortise per-op dispatch.
-CPU_CHUNK_ELEMS = 1 << 17
+# Elements per chunk and intra-op thread on CPU (1 MiB of float32). On a 2-core AMD EPYC
+# (1 MiB L2 per core, 32 MiB shared L3) 2^16..2^20 cost the same work within noise and 2^22
+# ~25 % more; 2^18 halves the op count of 2^17 and keeps a thread's x, g and buffers
+# (~5 MiB) within an L3 share on larger machines too.
+CPU_CHUNK_ELEMS = 1 << 18
+
+# How many tensors use a storage (torch's own cudagraph trees rely on it for the same
+# question). Absent in some future torch: then buffers are simply not reused.
+_storage_use_count: Callable[[int], int] | None = getattr(torch._C, "_storage_Use_Count", None)
 
 
-def _chunks(x: Tensor) -> list[slice]:
-    """Batch slices to process one at a time: the whole batch off-CPU (chunking only buys
-    cache locality on CPU, and costs kernel launches on a GPU)."""
+def _chunk_len(x: Tensor) -> int:
+    """Samples per chunk: the whole batch off-CPU (chunking only buys cache locality on
+    CPU, and costs kernel launches on a GPU)."""
     n = x.shape[0]
-    step = n
-    if x.device.type == "cpu":
-        per_sample = max(1, math.prod(x.shape[1:]))
-        step = max(1, CPU_CHUNK_ELEMS * torch.get_num_threads() // per_sample)
-    return [slice(lo, min(n, lo + step)) for lo in range(0, n, step)]
+    if x.device.type != "cpu":
+        return max(1, n)
+    per_sample = max(1, math.prod(x.shape[1:]))
+    return min(max(1, n), max(1, CPU_CHUNK_ELEMS * torch.get_num_threads() // per_sample))
 
 
-def _coefficients(s: Tensor, beta: float, dtype: torch.dtype) -> tuple[Tensor, ...]:
-    """(a2, da = a1 - a2, b1, b2), each (n, C, 1, 1), from s = sigmoid(FC2 output) (n, 4C)."""
-    theta = (2.0 * s - 1.0).view(s.shape[0], s.shape[1] // 4, 4, 1, 1)
-    t1, t2, t3, t4 = theta.unbind(2)
-    a2 = beta * t2
-    da = 1.0 + beta * (t1 - t2)
-    b1 = (0.5 * beta) * t3
-    b2 = (0.5 * beta) * t4
-    # Contiguous (n, C, 1, 1): strided views of theta make the elementwise kernels 10-40x slower.
-    return tuple(c.to(dtype).contiguous() for c in (a2, da, b1, b2))
+def _dense_format(x: Tensor) -> torch.memory_format | None:
+    if x.is_contiguous():
+        return torch.contiguous_format
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return None
+
+
+class _ReusedBuffer:
+    """One activation-sized block of memory that a module hands out again once no tensor
+    refers to it any more (use count 1: only this object's reference).
+
+    In a training step the module's output lives until the next layer's backward has used
+    it, and the input gradient until the layer before has used it; so one block serves as
+    the output in every forward and as the input gradient in every backward, instead of two
+    fresh allocations per step. A block still in use (the caller kept the output, a graph
+    was retained) is never handed out: a new one is allocated and kept instead. CPU only
+    (the CUDA caching allocator already reuses memory). Copies and pickles of a module
+    start empty.
+    """
+
+    def __init__(self) -> None:
+        self._storage: torch.UntypedStorage | None = None
+        self._lock = threading.Lock()
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        return (type(self), ())
+
+    def release(self) -> None:
+        with self._lock:
+            self._storage = None
+
+    def empty_like(self, x: Tensor) -> Tensor:
+        """An uninitialised tensor with x's shape, dtype, device and (dense) layout."""
+        fmt = _dense_format(x)
+        if x.device.type != "cpu" or fmt is None or _storage_use_count is None:
+            return torch.empty_like(x)
+        nbytes = x.numel() * x.element_size()
+        with self._lock:
+            st = self._storage
+            if (st is not None and st.nbytes() == nbytes and st.device == x.device
+                    and _storage_use_count(st._cdata) == 1):
+                out = torch.empty(0, dtype=x.dtype, device=x.device)
+                strides = torch.empty_like(x, device="meta", memory_format=fmt).stride()
+                return out.set_(st, 0, x.shape, strides)
+            out = torch.empty_like(x, memory_format=fmt)
+            self._storage = out.untyped_storage()
+            return out
+
+
+def _coefficients(s: Tensor, beta: float, dtype: torch.dtype) -> Tensor:
+    """(5, n, C, 1, 1): a2, da = a1 - a2, b1, b2, db = b2 - b1, from s = sigmoid(FC2 output)
+    (n, 4C). One contiguous buffer: strided views of theta make the elementwise kernels
+    10-40x slower."""
+    n, c = s.shape[0], s.shape[1] // 4
+    t1, t2, t3, t4 = (2.0 * s - 1.0).view(n, c, 4).unbind(2)
+    out = torch.empty(5, n, c, 1, 1, dtype=dtype, device=s.device)
+    a2, da, b1, b2, db = (row.view(n, c) for row in out.unbind(0))
+    torch.mul(t2, beta, out=a2)
+    torch.sub(t1, t2, out=da).mul_(beta).add_(1.0)
+    torch.mul(t3, 0.5 * beta, out=b1)
+    torch.mul(t4, 0.5 * beta, out=b2)
+    torch.sub(b2, b1, out=db)
+    return out
 
 
 def _hyper(
@@ -72,20 +137,9 @@ def _hyper(
     return h1, s
 
 
-def _affine(x: Tensor, a: Tensor, b: Tensor, out: Tensor) -> Tensor:
-    """out = a*x + b for per-(sample, channel) a, b; ``out`` may be ``x`` itself.
-
-    CPU kernels vectorise a broadcast operand only when it is the sole one that is constant
-    along the innermost dim: fine for one fused op in channels_last (C innermost), but in NCHW
-    a fused addcmul with two broadcasts runs 5-10x slower than two simple ops.
-    """
-    if x.is_contiguous(memory_format=torch.channels_last):
-        return torch.addcmul(b, x, a, out=out)
-    return torch.mul(x, a, out=out).add_(b)
-
-
 class _DyReLUBFunction(torch.autograd.Function):
-    """The whole DyReLU-B forward/backward; inputs x, FC1 weight/bias, FC2 weight/bias."""
+    """The whole DyReLU-B forward/backward; inputs x, FC1 weight/bias, FC2 weight/bias, beta
+    and optionally the module's ``_ReusedBuffer`` for the output and input gradient."""
 
     @staticmethod
     def forward(
@@ -96,43 +150,62 @@ class _DyReLUBFunction(torch.autograd.Function):
         w2: Tensor,
         bias2: Tensor,
         beta: float,
+        buffer: _ReusedBuffer | None = None,
     ) -> Tensor:
         # Hyper-function in float32 even under autocast: it is tiny and feeds every activation.
         with torch.autocast(device_type=x.device.type, enabled=False):
             z = torch.mean(x, dim=(2, 3), dtype=w1.dtype)
             h1, s = _hyper(z, w1, bias1, w2, bias2)
-            a2, da, b1, b2 = _coefficients(s, beta, x.dtype)
-            y = torch.empty_like(x)
-            for sl in _chunks(x):
-                # max(a1 x + b1, a2 x + b2) = max(da x + b1, b2) + a2 x, computed in y's slice.
-                t = _affine(x[sl], da[sl], b1[sl], out=y[sl]).clamp_min_(b2[sl])
-                t.addcmul_(x[sl], a2[sl])
-        ctx.save_for_backward(x, w1, w2, z, h1, s, a2, da, b1, b2)
+            coef = _coefficients(s, beta, x.dtype)
+            y = buffer.empty_like(x) if buffer is not None else torch.empty_like(x)
+            # CPU kernels vectorise a broadcast operand only when it is the sole one constant
+            # along the innermost dim: one fused addcmul is right in channels_last (C
+            # innermost), but in NCHW it runs slower than a mul and an add.
+            fused = y.is_contiguous(memory_format=torch.channels_last)
+            step = _chunk_len(x)
+            for xs, ys, a2, da, b1, b2 in zip(x.split(step), y.split(step),
+                                              *(c.split(step) for c in coef[:4]), strict=True):
+                # max(a1 x + b1, a2 x + b2) = max(da x + b1, b2) + a2 x, in y's chunk.
+                if fused:
+                    torch.addcmul(b1, xs, da, out=ys)
+                else:
+                    torch.mul(xs, da, out=ys).add_(b1)
+                ys.clamp_min_(b2).addcmul_(xs, a2)
+        ctx.save_for_backward(x, w1, w2, z, h1, s, coef)
         ctx.beta = beta
+        ctx.buffer = buffer
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        x, w1, w2, z, h1, s, a2, da, b1, b2 = ctx.saved_tensors
+        x, w1, w2, z, h1, s, coef = ctx.saved_tensors
         beta: float = ctx.beta
+        buffer: _ReusedBuffer | None = ctx.buffer
         n, c, h, w = x.shape
         acc = torch.promote_types(x.dtype, torch.float32)  # sums in at least float32
         # Per (sample, channel) sums over H, W: of g*x*m, g*x, g*m, g (m: piece 1 active).
         sums = torch.empty(4, n, c, dtype=acc, device=x.device)
-        s_gxm, s_gx, s_gm, s_g = sums.unbind(0)
-        gm = torch.empty_like(x)  # g*m, later turned into the input gradient in place
         with torch.autocast(device_type=x.device.type, enabled=False):
-            chunks = _chunks(x)
-            for sl in chunks:
-                xs, gs = x[sl], grad[sl]
-                m = _affine(xs, da[sl], b1[sl], out=gm[sl]).gt_(b2[sl])  # forward's test
-                p = gs * xs
-                torch.sum(p, (2, 3), dtype=acc, out=s_gx[sl])
-                torch.sum(p.mul_(m), (2, 3), dtype=acc, out=s_gxm[sl])
-                torch.sum(gs, (2, 3), dtype=acc, out=s_g[sl])
-                torch.sum(m.mul_(gs), (2, 3), dtype=acc, out=s_gm[sl])
+            # g*(active slope), then the input gradient in place.
+            gx = buffer.empty_like(x) if buffer is not None else torch.empty_like(x)
+            step = _chunk_len(x)
+            scratch = torch.empty_like(x[:step])  # products to sum, one chunk at a time
+            parts = zip(x.split(step), grad.split(step), gx.split(step), coef[0].split(step),
+                        coef[1].split(step), coef[4].split(step),
+                        *(row.split(step) for row in sums), strict=True)
+            for xs, gs, us, a2, da, db, s_gxm, s_gx, s_gm, s_g in parts:
+                p = scratch[: xs.shape[0]]
+                torch.mul(xs, da, out=us).gt_(db)  # m: da x > b2 - b1, i.e. piece 1 wins
+                torch.sum(gs, (2, 3), dtype=acc, out=s_g)
+                torch.sum(torch.mul(gs, xs, out=p), (2, 3), dtype=acc, out=s_gx)
+                us.mul_(gs)  # g*m
+                torch.sum(us, (2, 3), dtype=acc, out=s_gm)
+                torch.sum(torch.mul(us, xs, out=p), (2, 3), dtype=acc, out=s_gxm)
+                us.mul_(da).addcmul_(gs, a2)  # g*(a2 + m*da)
+            del scratch
             # d/d(a1, a2, b1, b2) -> theta -> FC2's output -> FC1 -> z, all (n, .) sized.
+            s_gxm, s_gx, s_gm, s_g = sums.unbind(0)
             g_theta = torch.stack((s_gxm, s_gx - s_gxm, 0.5 * s_gm, 0.5 * (s_g - s_gm)), dim=2)
             gh2 = g_theta.view(n, 4 * c).mul_((2.0 * beta) * s * (1.0 - s)).to(w2.dtype)
             gh1 = (gh2 @ w2).mul_(h1 > 0)
@@ -142,12 +215,10 @@ class _DyReLUBFunction(torch.autograd.Function):
             g_b2 = gh2.sum(0) if ctx.needs_input_grad[4] else None
             grad_x = None
             if ctx.needs_input_grad[0]:
-                # Input gradient: the active slope (a2 + m*da) plus the mean's share, g_z/(H*W).
-                gz = (gh1 @ w1).div_(h * w).to(x.dtype)[:, :, None, None]
-                for sl in chunks:
-                    _affine(gm[sl], da[sl], gz[sl], out=gm[sl]).addcmul_(grad[sl], a2[sl])
-                grad_x = gm
-        return grad_x, g_w1, g_b1, g_w2, g_b2, None
+                # The mean's share, g_z/(H*W), the same for every pixel: one pass, no chunks.
+                gz = (gh1 @ w1).div_(h * w).to(x.dtype)
+                grad_x = gx.add_(gz[:, :, None, None])
+        return grad_x, g_w1, g_b1, g_w2, g_b2, None, None
 
 
 class DyReLUB(nn.Module):
@@ -160,7 +231,7 @@ class DyReLUB(nn.Module):
     a state_dict of an older east (one per module) is accepted and ignored.
     ``inplace`` applies to the beta == 0 path only, like ``nn.ReLU(inplace=True)``: the
     ResNet places the module where its ReLU baseline is in-place, so after phase-out EAST
-    allocates what the ReLU network allocates.
+    allocates what the ReLU network allocates (and the reused buffer is let go).
     """
 
     def __init__(self, channels: int, reduction: int = 4, *, inplace: bool = False) -> None:
@@ -171,12 +242,15 @@ class DyReLUB(nn.Module):
         self.fc1 = nn.Linear(channels, hidden)
         self.fc2 = nn.Linear(hidden, 4 * channels)
         self._beta = 1.0
+        self._buffer = _ReusedBuffer()
 
     def set_beta(self, beta: float) -> None:
         beta = float(beta)
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"DyReLU beta must be in [0, 1], got {beta}")
         self._beta = beta
+        if beta == 0.0:
+            self._buffer.release()
 
     @property
     def beta(self) -> float:
@@ -191,7 +265,8 @@ class DyReLUB(nn.Module):
             # Exactly ReLU, no hyper-function work.
             return torch.relu_(x) if self.inplace else torch.relu(x)
         return _DyReLUBFunction.apply(
-            x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, self._beta
+            x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, self._beta,
+            self._buffer,
         )
 
     def extra_repr(self) -> str:
