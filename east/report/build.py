@@ -7,6 +7,10 @@ Written (all atomically, paths relative to ``out_dir``):
 - ``metrics/<arch>-<dataset>-<row>-<sparsity>.json``: the same, one file per line of the
   summary, for ``dvc metrics show`` (one table line per file instead of one very wide line).
 - ``tables/<arch>-<dataset>.{md,tex,html}``: the paper-layout tables.
+- ``tables/<arch>-<dataset>-claims.{md,tex,html}``: the paper's claims judged (tables with
+  EAST cells only; ``east.report.claims``), their verdicts in ``claims.json``
+  (``{"<arch>/<dataset>": {"claim1": "holds", ...}}``) and, for ``dvc metrics show``,
+  ``metrics/claims-<arch>-<dataset>.json``.
 - ``comparison.{csv,md,tex}``: published vs ours.
 - ``plots/*.csv``: the data behind the figures, for ``dvc plots``.
 - ``figures/<kind>-<arch>-<dataset>.{png,pdf}``.
@@ -18,7 +22,7 @@ grid) are removed, so the folder always matches the report.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -32,6 +36,13 @@ from east.report.aggregate import (
     records_for_json,
     status_counts,
     summarize,
+)
+from east.report.claims import (
+    ClaimTable,
+    claim_inputs,
+    claims_metrics,
+    judge_claims,
+    render_claims,
 )
 from east.report.html import NOT_DONE_LIMIT, plot_context, render_index
 from east.report.plots import Plot, make_plots, write_plot_data
@@ -66,6 +77,7 @@ class Report:
     plots: list[Plot]
     counts: dict[str, int]
     files: list[Path]
+    claims: list[ClaimTable] = field(default_factory=list)
 
     @property
     def results(self) -> pd.DataFrame:
@@ -112,7 +124,15 @@ def build_report(expected: pd.DataFrame, out_dir: str | Path, *,
                                    summary.to_csv(index=False, float_format="%.10g")))
     flat = flat_metrics(summary)
     files.append(atomic_write_json(out / "metrics.json", flat))
-    metric_files: set[Path] = set()
+    claims = judge_claims(claim_inputs(collected.results))
+    verdicts = claims_metrics(claims)
+    files.append(atomic_write_json(out / "claims.json", verdicts))
+    # Claims first: a row whose file name would collide gets "_" appended below.
+    metric_files: set[Path] = {
+        atomic_write_json(out / "metrics" / f"{table.metric_name}.json",
+                          verdicts[f"{table.arch}/{table.dataset}"])
+        for table in claims
+    }
     for key, values in flat.items():
         name = re.sub(r"[^A-Za-z0-9._+-]+", "_", key.replace("/", "-"))  # a file name
         while out / "metrics" / f"{name}.json" in metric_files:  # two rows, one slug
@@ -128,6 +148,13 @@ def build_report(expected: pd.DataFrame, out_dir: str | Path, *,
         rendered[table.key] = {fmt: render_table(table, fmt) for fmt in ("md", "tex", "html")}
         for fmt, text in rendered[table.key].items():
             table_files.add(atomic_write_text(out / "tables" / f"{table.key}.{fmt}", text))
+    claims_text: dict[tuple[str, str], dict[str, str]] = {}
+    for claim_table in claims:
+        texts = {fmt: render_claims(claim_table, fmt) for fmt in ("md", "tex", "html")}
+        claims_text[(claim_table.arch, claim_table.dataset)] = texts
+        for fmt, text in texts.items():
+            table_files.add(atomic_write_text(out / "tables" / f"{claim_table.key}.{fmt}",
+                                              text))
     _remove_stale(out / "tables", table_files, (".md", ".tex", ".html"))
     files.extend(sorted(table_files))
 
@@ -152,11 +179,14 @@ def build_report(expected: pd.DataFrame, out_dir: str | Path, *,
     sections = []
     for table in tables:
         mine = [p for p in plots if (p.arch, p.dataset) == (table.arch, table.dataset)]
+        judged = claims_text.get((table.arch, table.dataset), {})
         sections.append(
             {
                 "table": table,
                 "table_html": rendered[table.key]["html"],
                 "table_md": rendered[table.key]["md"],
+                "claims_md": judged.get("md", ""),
+                "claims_html": judged.get("html", ""),
                 "plots": plot_context(mine, out, embed=True),
             }
         )
@@ -169,4 +199,4 @@ def build_report(expected: pd.DataFrame, out_dir: str | Path, *,
         title=title, counts=counts, counts_text=counts_line(counts), sections=sections,
         comparison_html=comparison_text["html"], sources=sources, not_done=not_done,
     )))
-    return Report(collected, summary, tables, comparison, plots, counts, files)
+    return Report(collected, summary, tables, comparison, plots, counts, files, claims)
