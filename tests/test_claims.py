@@ -218,28 +218,27 @@ def test_markdown_latex_html_and_metrics() -> None:
         "resnet34/cifar10": {**dict.fromkeys(METRIC_KEYS, HOLDS), "claim1": FAILS}}
 
 
-def _write_cell(run_dir: Path, record: dict, *, cell_json: dict | None) -> None:
+def _write_cell(run_dir: Path, record: dict) -> None:
     run_dir.mkdir(parents=True)
     metrics = {k: record[k] for k in ("arch", "dataset", "method", "sparsity", "seed",
                                       "test_acc", "n_masked", "nnz_masked", "n_masked_unique")}
     metrics["final_beta"] = None if math.isnan(record["final_beta"]) else record["final_beta"]
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
     (run_dir / "summary.json").write_text("{}")
-    if cell_json is not None:
-        (run_dir / "cell.json").write_text(json.dumps(cell_json))
 
 
 def test_report_reads_tricks_and_beta_from_the_run_directories(tmp_path: Path) -> None:
     expected = []
     for record in paper():
         run_dir = tmp_path / "runs" / record["grid"] / record["run_dir"]
-        tricks = {t: record[t] for t in ("dyrelu", "sharing", "cyclic")}
-        # Only the ablation rows have a cell.json: the others fall back to their presets.
         ablation = record["row"].startswith("rigl-")
-        _write_cell(run_dir, record, cell_json={"sparsity": tricks} if ablation else None)
+        _write_cell(run_dir, record)
+        # Only the ablation rows carry their tricks (as the grid's frame does); the other
+        # rows fall back to their presets. β and unique weights come from metrics.json.
+        tricks = {t: record[t] for t in ("dyrelu", "sharing", "cyclic")} if ablation else {}
         expected.append({k: record[k] for k in ("row", "arch", "dataset", "method",
                                                 "sparsity", "seed", "grid")}
-                        | {"run_dir": str(run_dir), "row_label": "RigL" * ablation})
+                        | {"run_dir": str(run_dir), "row_label": "RigL" * ablation} | tricks)
     out = tmp_path / "reports"
     report = build_report(pd.DataFrame(expected), out, figures=False)
     everything = dict.fromkeys(METRIC_KEYS, HOLDS)

@@ -42,9 +42,12 @@ import pandas as pd
 from east.errors import EastError
 from east.pipeline import failure_text, read_failure
 from east.rundir import INFERENCE_FILE
+from east.sparsity.presets import PRESETS
 
 REQUIRED_COLUMNS = ("row", "arch", "dataset", "method", "sparsity", "seed", "run_dir")
 OPTIONAL_COLUMNS = ("row_label", "protocol", "grid")
+# EAST's tricks, one boolean column each (the cell's config; absent: the method's preset).
+TRICKS = ("dyrelu", "sharing", "cyclic")
 STATUSES = ("done", "diverged", "incomplete", "failed", "missing")
 CELL_KEY = ["arch", "dataset", "row", "sparsity", "seed"]
 GROUP_KEY = ["arch", "dataset", "row", "sparsity"]
@@ -55,6 +58,7 @@ METRIC_FIELDS = (
     "test_acc_best_val",
     "best_val_acc",
     "n_masked",
+    "n_masked_unique",
     "nnz_masked",
     "density_masked",
     "n_params",
@@ -66,6 +70,7 @@ METRIC_FIELDS = (
     "flops_train_vs_dense",
     "effective_nnz",
     "effective_sparsity",
+    "final_beta",
     "wall_time_s",
 )
 HISTORY_FIELDS = (
@@ -120,6 +125,10 @@ def normalize_expected(expected: pd.DataFrame) -> pd.DataFrame:
     if "compare_as" not in out.columns:
         out["compare_as"] = out["method"]
     out["compare_as"] = out["compare_as"].fillna("").astype(str)
+    for trick in TRICKS:
+        given = out[trick] if trick in out.columns else [None] * len(out)
+        out[trick] = [_preset_trick(method, trick) if pd.isna(value) else bool(value)
+                      for value, method in zip(given, out["method"], strict=True)]
     if "logs" not in out.columns:
         out["logs"] = ""
     out["logs"] = out["logs"].fillna("").astype(str)
@@ -132,6 +141,11 @@ def normalize_expected(expected: pd.DataFrame) -> pd.DataFrame:
             f"sparsity {first['sparsity']} seed {first['seed']} twice"
         )
     return out
+
+
+def _preset_trick(method: str, trick: str) -> bool:
+    spec = PRESETS.get(method)
+    return bool(spec.preset().get(trick, False)) if spec is not None else False
 
 
 def _unique_labels(cells: pd.DataFrame) -> list[str]:

@@ -39,7 +39,6 @@ from east.report.aggregate import (
 )
 from east.report.claims import (
     ClaimTable,
-    claim_inputs,
     claims_metrics,
     judge_claims,
     render_claims,
@@ -124,7 +123,7 @@ def build_report(expected: pd.DataFrame, out_dir: str | Path, *,
                                    summary.to_csv(index=False, float_format="%.10g")))
     flat = flat_metrics(summary)
     files.append(atomic_write_json(out / "metrics.json", flat))
-    claims = judge_claims(claim_inputs(collected.results))
+    claims = judge_claims(collected.results)
     verdicts = claims_metrics(claims)
     files.append(atomic_write_json(out / "claims.json", verdicts))
     # Claims first: a row whose file name would collide gets "_" appended below.

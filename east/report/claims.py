@@ -22,11 +22,9 @@ the ablation (claim 6), a plain RigL row of the variant's own grid is preferred.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,15 +33,14 @@ from scipy import stats
 
 from east.data.registry import dataset_info
 from east.errors import EastError
+from east.report.aggregate import TRICKS
 from east.report.tables import pm_text, render, slug, sparsity_label
-from east.rundir import CELL_FILE, METRICS_FILE
 from east.sparsity.budget import target_total
 from east.sparsity.presets import PRESETS
 
 ALPHA = 0.05
 MIN_SEEDS = 3
 CHANCE_MARGIN = 0.02  # accuracy fraction: 2 percentage points
-TRICKS = ("dyrelu", "sharing", "cyclic")
 HOLDS, FAILS, SHORT = "holds", "does not hold", "not enough cells"
 VERDICTS = (HOLDS, FAILS, SHORT)
 # The spec's levels (ResNet-34 / CIFAR-10); other tables are judged at the same levels.
@@ -166,54 +163,6 @@ def combine(verdicts: Iterable[str]) -> str:
     if FAILS in verdicts:
         return FAILS
     return SHORT if not verdicts or SHORT in verdicts else HOLDS
-
-
-# ---- the cells' tricks, final β and unique weights (from their run directories) ----
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _float(value: Any) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return float(value) if ok else math.nan
-
-
-def _row_tricks(results: pd.DataFrame) -> dict[str, dict[str, bool]]:
-    """Each row's tricks: from the first of its cells with a readable cell.json (a row's
-    cells share their method configuration), else the method's preset (a row none of
-    whose cells has started yet)."""
-    out: dict[str, dict[str, bool]] = {}
-    for row, method, run_dir in zip(results["row"], results["method"], results["run_dir"],
-                                    strict=True):
-        if row in out and out[row]["_read"]:
-            continue
-        knobs = _read(Path(run_dir) / CELL_FILE).get("sparsity")
-        read = isinstance(knobs, dict)
-        spec = PRESETS.get(method)
-        knobs = knobs if read else (spec.preset() if spec is not None else {})
-        out[row] = {"_read": read, **{t: bool(knobs.get(t, False)) for t in TRICKS}}
-    return out
-
-
-def claim_inputs(results: pd.DataFrame) -> pd.DataFrame:
-    """The results frame plus what the claims need that it lacks: ``dyrelu, sharing,
-    cyclic`` (booleans; kept when the expected-cells frame already carried them),
-    ``final_beta`` and ``n_masked_unique`` (metrics.json; NaN when absent)."""
-    out = results.copy()
-    if not all(t in out.columns for t in TRICKS):
-        tricks = _row_tricks(out)
-        for trick in TRICKS:
-            out[trick] = [tricks[row][trick] for row in out["row"]]
-    metrics = [_read(Path(d) / METRICS_FILE) if status == "done" else {}
-               for d, status in zip(out["run_dir"], out["status"], strict=True)]
-    out["final_beta"] = [_float(m.get("final_beta")) for m in metrics]
-    out["n_masked_unique"] = [_float(m.get("n_masked_unique")) for m in metrics]
-    return out
 
 
 # ---- groups and checks ----
@@ -421,7 +370,7 @@ def claim6(cells: pd.DataFrame) -> Claim:
 
 
 def judge_table(cells: pd.DataFrame, arch: str, dataset: str) -> ClaimTable:
-    """The six claims on the cells of one (arch, dataset) (a frame like ``claim_inputs``)."""
+    """The six claims on the cells of one (arch, dataset) (a frame like ``collect``'s results)."""
     claims = (claim1(cells, dataset), claim2(cells), claim3(cells), claim4(cells),
               claim5(cells), claim6(cells))
     return ClaimTable(arch, dataset, f"{slug(arch, dataset)}-claims", claims)

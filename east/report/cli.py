@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from east.config import SparsityConfig
+from east.report.aggregate import TRICKS
 from east.sparsity.presets import PRESETS
 
 if TYPE_CHECKING:
@@ -66,11 +67,12 @@ def expected_from_grid(cells: Iterable[GridCell], *, runs: str | None = None,
                 "seed": record["seed"],
                 "run_dir": record["run_dir"],
                 "compare_as": compare_as(record["method"], cell.config.sparsity),
+                **{t: bool(getattr(cell.config.sparsity, t)) for t in TRICKS},
                 "logs": job_logs(record["run_dir"], runs, logs),
             }
         )
     columns = ["row", "row_label", "protocol", "grid", "arch", "dataset", "method",
-               "sparsity", "seed", "run_dir", "compare_as", "logs"]
+               "sparsity", "seed", "run_dir", "compare_as", *TRICKS, "logs"]
     return pd.DataFrame(records, columns=columns)
 
 
