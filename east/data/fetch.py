@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from east.data.registry import dataset_dir, dataset_info
+from east.data.registry import dataset_dir, dataset_info, digits_size
 from east.errors import EastError
 from east.io import atomic_write_json
 
@@ -63,16 +63,17 @@ def fetch(
 ) -> Path:
     """Make ``name`` available under ``root`` and verify it; write and return the marker.
 
-    digits: embedded in scikit-learn (checked by loading it). cifar10/cifar100: verified
+    digits, digits16, digits32: embedded in scikit-learn (checked by loading it). cifar10/cifar100: verified
     against torchvision's md5 table (or ``md5s``), downloaded only when missing or
     corrupt and ``md5s`` is None. imagenet: cannot be downloaded; the folder layout is
     validated (``expected_classes`` overrides 1000, for tests).
     """
     info = dataset_info(name, where="east fetch")
-    if name == "digits":
+    size = digits_size(name)
+    if size is not None:
         from east.data.digits import load_digits_arrays
 
-        images, _labels = load_digits_arrays()
+        images, _labels = load_digits_arrays(size)
         content: dict[str, Any] = {"images": int(images.shape[0])}
     elif name == "imagenet":
         classes = info.num_classes if expected_classes is None else expected_classes

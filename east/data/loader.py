@@ -22,7 +22,7 @@ from east.data.positioned import (
     PositionedLoader,
     cpu_generator,
 )
-from east.data.registry import DatasetInfo, dataset_info
+from east.data.registry import DatasetInfo, dataset_info, digits_size
 from east.data.splits import stratified_holdout
 from east.data.transforms import CropWindows, Normalizer
 from east.errors import EastError
@@ -94,11 +94,13 @@ def load_splits(data_cfg: DataConfig, *, md5s: Mapping[str, str] | None = None) 
         raise EastError(
             f"data.name: {info.name} is not an in-memory dataset; use build_loaders()"
         )
-    if info.name == "digits":
+    size = digits_size(info.name)
+    if size is not None:
         from east.data.digits import load_digits_arrays
 
-        images, labels = load_digits_arrays()
-        # A fixed stratified test split; source_index is the row among all 1,797 images.
+        images, labels = load_digits_arrays(size)
+        # A fixed stratified test split, the same for every resolution (it depends on the
+        # labels only); source_index is the row among all 1,797 images.
         keep, test = stratified_holdout(labels.numpy(), info.test_size)
         pool_rows, test_rows = torch.from_numpy(keep), torch.from_numpy(test)
         return make_splits(

@@ -74,6 +74,51 @@ DATASETS: dict[str, DatasetInfo] = {
         in_memory=True,
         hflip=False,  # digits are not mirror-symmetric: flips cost ~6 points of accuracy
     ),
+    # Digits resized once (east.data.digits): the same images, labels and splits, at a
+    # resolution where ResNet-18's last stage is 2x2 / 4x4 (CIFAR: 4x4) instead of 1x1.
+    # Crop padding scales with the image (8 px: 1, CIFAR's 32 px: 4).
+    "digits12": DatasetInfo(
+        name="digits12",
+        num_classes=10,
+        in_channels=1,
+        image_size=12,
+        stem="cifar",
+        train_pool=DIGITS_TOTAL - _DIGITS_TEST,
+        test_size=_DIGITS_TEST,
+        mean=(0.3053,),
+        std=(0.3223,),
+        crop_padding=2,
+        in_memory=True,
+        hflip=False,
+    ),
+    "digits16": DatasetInfo(
+        name="digits16",
+        num_classes=10,
+        in_channels=1,
+        image_size=16,
+        stem="cifar",
+        train_pool=DIGITS_TOTAL - _DIGITS_TEST,
+        test_size=_DIGITS_TEST,
+        mean=(0.3053,),
+        std=(0.3186,),
+        crop_padding=2,
+        in_memory=True,
+        hflip=False,
+    ),
+    "digits32": DatasetInfo(
+        name="digits32",
+        num_classes=10,
+        in_channels=1,
+        image_size=32,
+        stem="cifar",
+        train_pool=DIGITS_TOTAL - _DIGITS_TEST,
+        test_size=_DIGITS_TEST,
+        mean=(0.3052,),
+        std=(0.3236,),
+        crop_padding=4,
+        in_memory=True,
+        hflip=False,
+    ),
     "cifar10": DatasetInfo(
         name="cifar10",
         num_classes=10,
@@ -115,6 +160,13 @@ DATASETS: dict[str, DatasetInfo] = {
         max_val=IMAGENET_MAX_VAL,
     ),
 }
+
+
+def digits_size(name: str) -> int | None:
+    """The image size of a digits variant (``digits`` 8, ``digits16`` 16, ...), else None."""
+    if name == "digits" or (name.startswith("digits") and name in DATASETS):
+        return DATASETS[name].image_size
+    return None
 
 
 def dataset_info(name: str, where: str = "data.name") -> DatasetInfo:
