@@ -41,9 +41,13 @@ def test_registry_is_torch_free_and_complete() -> None:
         "print(sorted(r.DATASETS))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "['cifar10', 'cifar100', 'digits', 'imagenet']"
+    assert out.stdout.strip() == (
+        "['cifar10', 'cifar100', 'digits', 'digits12', 'digits16', 'digits32', 'imagenet']")
     expected = {  # num_classes, in_channels, image_size, stem, crop_padding
         "digits": (10, 1, 8, "cifar", 1),
+        "digits12": (10, 1, 12, "cifar", 2),
+        "digits16": (10, 1, 16, "cifar", 2),
+        "digits32": (10, 1, 32, "cifar", 4),
         "cifar10": (10, 3, 32, "cifar", 4),
         "cifar100": (100, 3, 32, "cifar", 4),
         "imagenet": (1000, 3, 224, "imagenet", 0),
@@ -71,7 +75,7 @@ def test_unknown_dataset_names_the_field() -> None:
         registry.dataset_info("mnist", "params/demo.yaml:row1: data.name")
     assert one_line(error) == (
         "params/demo.yaml:row1: data.name: unknown dataset 'mnist' "
-        "(known: cifar10, cifar100, digits, imagenet)"
+        "(known: cifar10, cifar100, digits, digits12, digits16, digits32, imagenet)"
     )
 
 
@@ -131,6 +135,35 @@ def test_digits_splits_exact_stratified_and_faithful() -> None:
     pixels = images.double() / 255
     assert abs(pixels.mean().item() - registry.DATASETS["digits"].mean[0]) < 1e-4
     assert abs(pixels.std().item() - registry.DATASETS["digits"].std[0]) < 1e-3
+
+
+@pytest.mark.parametrize("size", [12, 16, 32])
+def test_resized_digits_are_the_same_images_labels_and_splits(size: int) -> None:
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    name = f"digits{size}"
+    assert registry.digits_size(name) == size and registry.digits_size("cifar10") is None
+    small, large = load_splits(DataConfig("digits")), load_splits(DataConfig(name))
+    bunch = load_digits()
+    for part in ("train", "val", "test"):
+        a, b = getattr(small, part), getattr(large, part)
+        assert torch.equal(a.source_index, b.source_index) and torch.equal(a.labels, b.labels)
+        assert b.images.shape == (len(a), 1, size, size) and b.images.dtype == torch.uint8
+    # Reference: PIL's bilinear resize of the 0..16 levels (float image), scaled, rounded.
+    rows = large.test.source_index.numpy()[:40]
+    expected = np.stack([
+        np.asarray(Image.fromarray(bunch.images[r].astype(np.float32), mode="F")
+                   .resize((size, size), Image.BILINEAR)) for r in rows])
+    scaled = np.floor(expected.astype(np.float64) * 255 / 16 + 0.5)
+    got = large.test.images[:40, 0].numpy().astype(np.float64)
+    # float32 (PIL) vs float64 resampling: a value can land on the other side of .5.
+    assert np.abs(got - scaled).max() <= 1 and (got == scaled).mean() > 0.99
+    images, _ = load_digits_arrays(size)
+    pixels = images.double() / 255
+    assert abs(pixels.mean().item() - registry.DATASETS[name].mean[0]) < 1e-4
+    assert abs(pixels.std().item() - registry.DATASETS[name].std[0]) < 1e-4
+    assert torch.equal(load_digits_arrays(size)[0], images)  # deterministic
 
 
 def test_digits_split_is_the_same_for_every_run_seed() -> None:
@@ -250,6 +283,9 @@ def test_fetch_verifies_and_writes_marker(tmp_path: Path, capsys) -> None:
     assert east_main(["fetch", "digits", "--root", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "digits" / "FETCHED.json").read_text()) == {
         "dataset": "digits", "images": 1797}
+    assert east_main(["fetch", "digits16", "--root", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "digits16" / "FETCHED.json").read_text()) == {
+        "dataset": "digits16", "images": 1797}
     assert east_main(["fetch", "svhn", "--root", str(tmp_path)]) == 2
     assert "east fetch: unknown dataset 'svhn'" in capsys.readouterr().err
     write_imagenet(tmp_path)
@@ -491,3 +527,80 @@ def test_hflip_off_keeps_crops_and_never_flips() -> None:
     assert torch.equal(flipping.offset_x, plain.offset_x)
     assert registry.DATASETS["digits"].hflip is False
     assert registry.DATASETS["cifar10"].hflip is True
+
+
+# ---------------------------------------------------------------- data-parallel shards
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_shard_ranges_tile_each_batch_as_tensor_split_does(world: int) -> None:
+    from east.data.positioned import shard_range
+
+    for start, stop in ((0, 10), (10, 13), (13, 14), (5, 5)):
+        parts = [shard_range(start, stop, rank, world) for rank in range(world)]
+        cut = torch.tensor_split(torch.arange(start, stop), world)
+        assert [list(range(a, b)) for a, b in parts] == [c.tolist() for c in cut]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_in_memory_shards_union_to_the_single_process_batch(world: int) -> None:
+    # 23 samples, batches of 8: the last batch (7) leaves rank 2 of 3 one short; with
+    # drop_last off a 3-sample tail would leave empty parts for larger worlds.
+    images = torch.randint(0, 256, (23, 3, 6, 6), dtype=torch.uint8)
+    options = dict(batch_size=8, shuffle=True, augment=True, crop_padding=2,
+                   mean=(0.5,) * 3, std=(0.25,) * 3, seed=11)
+    single = InMemoryLoader(images, torch.arange(23), **options)
+    ranks = [InMemoryLoader(images, torch.arange(23), **options) for _ in range(world)]
+    for rank, loader in enumerate(ranks):
+        loader.set_shard(rank, world)
+    for epoch in range(2):
+        whole = list(single)
+        parts = [list(loader) for loader in ranks]
+        assert len(whole) == 3 and all(len(p) == 3 for p in parts)
+        for batch, (x, y) in enumerate(whole):
+            assert single.batch_size_at(batch) == ranks[0].batch_size_at(batch) == len(y)
+            assert torch.equal(torch.cat([p[batch][0] for p in parts]), x), (epoch, batch)
+            assert torch.equal(torch.cat([p[batch][1] for p in parts]), y)
+            sizes = [len(p[batch][1]) for p in parts]
+            assert sizes == [len(c) for c in torch.tensor_split(y, world)]
+    resumed = InMemoryLoader(images, torch.arange(23), **options)
+    resumed.set_shard(1, world)
+    resumed.set_position(2, 1)  # a checkpoint saved at any world size resumes at any
+    ranks[1].set_position(2, 1)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(resumed, ranks[1], strict=True))
+
+
+def test_image_folder_ranks_decode_only_their_shard(tmp_path, monkeypatch) -> None:
+    from east.data import imagenet
+
+    write_imagenet(tmp_path, fmt="JPEG", train_per_class=5, size=(10, 9))
+    train = scan_split(tmp_path, "train")  # 15 images, batches of 4: 4, 4, 4, 3
+    decoded: list[int] = []
+    original = imagenet.SeededImages.__getitem__
+
+    def counting(self, key):
+        decoded.append(key[0])
+        return original(self, key)
+
+    monkeypatch.setattr(imagenet.SeededImages, "__getitem__", counting)
+    mean, std = (0.0, 0.0, 0.0), (1 / 255, 1 / 255, 1 / 255)
+
+    def loader() -> ImageFolderLoader:
+        return ImageFolderLoader(train, batch_size=4, shuffle=True, augment=True, mean=mean,
+                                 std=std, image_size=6, seed=3, workers=0)
+
+    single = loader()
+    whole = list(single)
+    assert sorted(decoded) == list(range(15))
+    world = 4  # the 3-image last batch leaves rank 3 an empty part
+    per_rank = []
+    for rank in range(world):
+        decoded.clear()
+        part = loader()
+        part.set_shard(rank, world)
+        per_rank.append(list(part))
+        # Each rank decodes its own examples only: 4 + 4 + 4 + 3 = 15 over 4 ranks.
+        assert len(decoded) == (4 if rank < 3 else 3), rank
+    for batch, (x, y) in enumerate(whole):
+        assert torch.equal(torch.cat([p[batch][0] for p in per_rank]), x)
+        assert torch.equal(torch.cat([p[batch][1] for p in per_rank]), y)
+    assert per_rank[3][3][0].shape == (0, 3, 6, 6) and per_rank[3][3][1].shape == (0,)

@@ -35,3 +35,15 @@ def test_two_rank_gloo_run_keeps_identical_masks_through_rigl_updates(tmp_path) 
     # Only rank 0 wrote the checkpoint of the stop.
     assert (out / "checkpoints" / f"ckpt-{steps}.pt").exists()
     assert sum(int(state0[k].sum()) for k in masks) == round(0.1 * 270608)
+    # The same run in one process counts the same examples and FLOPs: the ranks' shards
+    # tile each batch. (Its weights differ: BatchNorm normalises each rank's shard with the
+    # shard's own statistics, as DDP does; gradient equality without BN across world sizes
+    # is tests/test_fidelity.py::test_two_gloo_ranks_clip_by_the_same_factor_as_one_process.)
+    from east.train.loop import Trainer
+
+    torch.set_num_threads(1)
+    single = Trainer(cell, tmp_path / "single", max_steps=steps, progress=False)
+    assert single.run().exit_code == 0
+    saved = torch.load(out / "checkpoints" / f"ckpt-{steps}.pt", weights_only=True)
+    assert saved["cost"] == single.state.cost.state_dict()
+    assert saved["cost"]["examples"] == single.state.cost.examples == steps * 64

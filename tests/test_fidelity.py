@@ -16,6 +16,7 @@ from torch import nn
 from train_helpers import free_port, load_meta, load_weights, make_cell
 
 from east.config import CellConfig, ModelConfig, TrainConfig, build_section
+from east.data.positioned import shard_range
 from east.models import build_model
 from east.train import distributed as D
 from east.train.optim import build_schedule
@@ -83,7 +84,9 @@ def one_step(scope: str, clip: float, env: D.DistEnv | None = None) -> torch.Ten
                       schedule=build_schedule(cfg, 1, 1), device=torch.device("cpu"),
                       amp_dtype=None, label_smoothing=0.0, grad_clip=clip,
                       grad_clip_scope=scope, env=env or D.DistEnv())
-    train_step(ctx, X, Y, 0)
+    env = env or D.DistEnv()
+    first, stop = shard_range(0, len(Y), env.rank, env.world_size)  # what a loader yields
+    train_step(ctx, X[first:stop], Y[first:stop], 0, len(Y))
     return before - model.weight.detach()
 
 

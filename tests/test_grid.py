@@ -316,7 +316,8 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("unknown arch", {"arch": ["resnet20", "resnet99"]},
      f"g.yaml:r: arch: unknown arch 'resnet99' (known: {', '.join(KNOWN_ARCHS)})"),
     ("unknown dataset", {"dataset": "mnist"},
-     "g.yaml:r: dataset: unknown dataset 'mnist' (known: digits, cifar10, cifar100, imagenet)"),
+     "g.yaml:r: dataset: unknown dataset 'mnist' (known: digits, digits12, digits16, "
+     "digits32, cifar10, cifar100, imagenet)"),
     ("sparsity out of range", {"sparsity": [0.9, 1.0]},
      "g.yaml:r: sparsity: 1.0 is out of range [0, 1)"),
     ("negative sparsity", {"sparsity": -0.1}, "g.yaml:r: sparsity: -0.1 is out of range [0, 1)"),
@@ -435,8 +436,8 @@ def test_defaults_file_errors(tmp_path: Path) -> None:
     _, lines = check_grids([path], defaults_path=bad)
     assert lines == [
         f"{bad}: extra: unknown key (allowed: datasets, archs)",
-        f"{bad}:datasets.mnist: unknown dataset 'mnist' (known: digits, cifar10, cifar100, "
-        "imagenet)",
+        f"{bad}:datasets.mnist: unknown dataset 'mnist' (known: digits, digits12, digits16, "
+        "digits32, cifar10, cifar100, imagenet)",
         f"{bad}:datasets.digits: colour: unknown key (allowed: protocol, train, data, model, "
         "method_args)",
         f"{bad}:datasets.digits: train.epochs: expected int, got 'x'",

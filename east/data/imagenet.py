@@ -81,7 +81,9 @@ class SeededImages(Dataset):
 
 
 class _RemainingBatches:
-    """Batch sampler: the keys of batches ``loader.batch ..`` of ``loader.epoch``.
+    """Batch sampler: the keys of this rank's part of batches ``loader.batch ..`` of
+    ``loader.epoch`` (only those the rank decodes; empty parts are left out, the loader
+    yields them itself).
 
     Iterated in the main process, so it reads the loader's position each time a
     (persistent-worker) DataLoader iterator starts."""
@@ -89,14 +91,19 @@ class _RemainingBatches:
     def __init__(self, loader: ImageFolderLoader) -> None:
         self.loader = loader
 
+    def _parts(self) -> Iterator[tuple[int, int]]:
+        loader = self.loader
+        for batch in range(loader.batch, len(loader)):
+            start, stop = loader.shard_bounds(batch)
+            if stop > start:
+                yield start, stop
+
     def __len__(self) -> int:
-        return len(self.loader) - self.loader.batch
+        return sum(1 for _ in self._parts())
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        loader = self.loader
-        order, seeds = loader.epoch_keys(loader.epoch)
-        for batch in range(loader.batch, len(loader)):
-            start, stop = loader.batch_bounds(batch)
+        order, seeds = self.loader.epoch_keys(self.loader.epoch)
+        for start, stop in self._parts():
             yield list(zip(order[start:stop].tolist(), seeds[start:stop].tolist(), strict=True))
 
 
@@ -152,7 +159,14 @@ class ImageFolderLoader(PositionedLoader):
         epoch, first, batches = self.epoch, self.batch, len(self)
         if first < batches:
             stream = iter(self._dataloader)
-            for batch, (images, labels) in zip(range(first, batches), stream, strict=True):
+            size = self.dataset.image_size
+            for batch in range(first, batches):
+                start, stop = self.shard_bounds(batch)
+                if stop > start:
+                    images, labels = next(stream)
+                else:  # this rank's part of a batch smaller than the world
+                    images = torch.empty((0, 3, size, size), dtype=torch.uint8)
+                    labels = torch.empty((0,), dtype=torch.int64)
                 x = images.to(self.device, non_blocking=True)
                 y = labels.to(self.device, non_blocking=True)
                 self.epoch, self.batch = epoch, batch + 1

@@ -209,7 +209,7 @@ class InMemoryLoader(PositionedLoader):
         shuffled = self.shuffle or self.augment
         order, starts = self._device_plan(epoch) if shuffled else (None, None)
         for batch in range(self.batch, batches):
-            begin, end = self.batch_bounds(batch)
+            begin, end = self.shard_bounds(batch)
             if starts is not None:
                 x, y = self.windows[starts[begin:end]], self.labels[order[begin:end]]
             elif order is not None:

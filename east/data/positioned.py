@@ -37,6 +37,15 @@ def cpu_generator(*parts: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(mix_seed(*parts))
 
 
+def shard_range(start: int, stop: int, rank: int, world: int) -> tuple[int, int]:
+    """Rank ``rank``'s contiguous part of positions [start, stop) split over ``world``
+    ranks, cut as ``torch.tensor_split`` cuts: the first (n mod world) parts are one longer,
+    trailing parts may be empty. The parts, in rank order, tile the range."""
+    base, extra = divmod(stop - start, world)
+    first = start + rank * base + min(rank, extra)
+    return first, first + base + (1 if rank < extra else 0)
+
+
 class PositionedLoader:
     """The resumable-position protocol shared by both loaders.
 
@@ -58,6 +67,8 @@ class PositionedLoader:
         self.drop_last = drop_last
         self.epoch = 0
         self.batch = 0
+        # Data parallelism: this process yields only its rank's part of every batch.
+        self.rank, self.world = 0, 1
 
     @property
     def batches_per_epoch(self) -> int:
@@ -81,8 +92,27 @@ class PositionedLoader:
         return torch.randperm(self.num_samples, generator=generator)
 
     def batch_bounds(self, batch: int) -> tuple[int, int]:
+        """Positions [start, stop) of the whole (global) batch ``batch``."""
         start = batch * self.batch_size
         return start, min(start + self.batch_size, self.num_samples)
+
+    def batch_size_at(self, batch: int) -> int:
+        """Examples in the whole batch ``batch``, over all ranks."""
+        start, stop = self.batch_bounds(batch)
+        return stop - start
+
+    def set_shard(self, rank: int, world: int) -> None:
+        """Yield rank ``rank`` of ``world``'s part of each batch (``shard_range``): each
+        rank reads, decodes and augments only its own examples. Positions, order and
+        augmentation draws stay those of the whole batch, so the union over ranks is the
+        single-process batch whatever the world size (and a checkpoint resumes at any)."""
+        if world < 1 or not 0 <= rank < world:
+            raise ValueError(f"bad shard {rank} of {world}")
+        self.rank, self.world = rank, world
+
+    def shard_bounds(self, batch: int) -> tuple[int, int]:
+        """Positions [start, stop) of this rank's part of batch ``batch``."""
+        return shard_range(*self.batch_bounds(batch), self.rank, self.world)
 
     def _identity(self) -> dict[str, Any]:
         return {

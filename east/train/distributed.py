@@ -1,8 +1,9 @@
 """Data-parallel training across processes started by ``torchrun`` (or any launcher that
 sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT``).
 
-Every rank builds the same loader (same seed) and takes its contiguous shard of every
-global batch. Each rank's loss is its shard's *sum* divided by the global batch size, and
+Every rank builds the same loader (same seed) and it yields only that rank's contiguous
+shard of every global batch (``PositionedLoader.set_shard``): each rank decodes its own
+examples only. Each rank's loss is its shard's *sum* divided by the global batch size, and
 gradients are summed across ranks: the gradient equals the single-process one (up to float
 summation order), uneven or empty shards included. Gradients are all-reduced by hand
 (flattened, one collective per step) before ``sparsifier.after_backward``, so every rank
@@ -72,13 +73,6 @@ def init_distributed(env: DistEnv, device: torch.device) -> bool:
 def shutdown(created: bool) -> None:
     if created and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def shard(tensor: Tensor, env: DistEnv) -> Tensor:
-    """This rank's contiguous slice of a global batch (possibly empty)."""
-    if not env.enabled:
-        return tensor
-    return torch.tensor_split(tensor, env.world_size)[env.rank]
 
 
 def _collective_view(tensor: Tensor) -> Tensor:

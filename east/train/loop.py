@@ -118,8 +118,9 @@ class Trainer:
                 step = state.step - 1  # the position already points past this batch
                 self._set_beta(step)
                 nnz = dict(state.sparsifier.budgets)  # what this step trains with
-                loss, correct, count = train_step(self.ctx, x, y, step)
-                state.cost.add_step(int(y.shape[0]), nnz,
+                examples = state.loader.batch_size_at(state.loader.batch - 1)  # all ranks'
+                loss, correct, count = train_step(self.ctx, x, y, step, examples)
+                state.cost.add_step(examples, nnz,
                                     dense_gradient=state.sparsifier.took_dense_gradient,
                                     dyrelu_active=bool(self.beta))
                 state.add_to_epoch(loss, correct, count)

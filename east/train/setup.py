@@ -60,6 +60,9 @@ def build(cell: CellConfig, out: Path, device: torch.device, env: D.DistEnv,
         seed=cell.seed, device=device, workers=cfg.workers, channels_last=channels_last,
         md5s=md5s,
     )
+    for loader in (loaders.train, loaders.val, loaders.test):
+        if loader is not None:
+            loader.set_shard(env.rank, env.world_size)
     info = loaders.info
     steps_per_epoch = len(loaders.train)
     if steps_per_epoch < 1:
@@ -114,8 +117,13 @@ def resume_or_start(setup: Setup, out: Path) -> None:
 def _fresh_start(state: TrainState) -> None:
     loader, sparsifier = state.loader, state.sparsifier
     if sparsifier.wants_data:
+        # The scores see whole batches on every rank (as in one process): the masks, then
+        # rank 0's broadcast, do not depend on the world size.
+        shard = loader.rank, loader.world
+        loader.set_shard(0, 1)
         loader.set_position(0, 0)
         sparsifier.initialize(state.model, iter(loader), _init_loss)
+        loader.set_shard(*shard)
     else:
         sparsifier.initialize(state.model)
     state.cost.add_scoring(sparsifier.scoring_passes)

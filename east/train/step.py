@@ -2,7 +2,8 @@
 
 One step, in order (docs/design.md, "Training and evaluation"):
 
-    forward under autocast, loss = CE(shard)·|shard|/|batch|; backward
+    forward under autocast, loss = CE(shard)·|shard|/|batch|; backward (the loader
+    yields only this rank's shard: east.data.positioned.shard_range)
     all-reduce gradients (DDP)
     clip_grad_norm_(grad_clip)                     # grad_clip_scope dense: all positions
     sparsifier.after_backward(step)                # dense-grad scores, then masked grads
@@ -58,13 +59,16 @@ def clip_gradients(params: Sequence[nn.Parameter], max_norm: float) -> None:
     torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm)
 
 
-def train_step(ctx: StepContext, x: Tensor, y: Tensor, step: int) -> tuple[Tensor, Tensor, int]:
-    """One optimizer step on a global batch; returns this rank's (loss sum (float64), number
-    correct, examples) — detached, on the device, not yet synchronised."""
+def train_step(ctx: StepContext, xs: Tensor, ys: Tensor, step: int,
+               global_batch: int | None = None) -> tuple[Tensor, Tensor, int]:
+    """One optimizer step; ``xs``/``ys`` are this rank's part of a batch of
+    ``global_batch`` examples (default: all of it, one process). Returns this rank's (loss
+    sum (float64), number correct, examples) — detached, on the device, not yet
+    synchronised."""
     model = ctx.model
     model.train()
-    global_batch = int(y.shape[0])
-    xs, ys = D.shard(x, ctx.env), D.shard(y, ctx.env)
+    if global_batch is None:
+        global_batch = int(ys.shape[0])
     D.broadcast_module(model, ctx.env, buffers_only=True)
     for p in ctx.params:
         p.grad = None
@@ -104,8 +108,8 @@ def evaluate_loader(
 ) -> tuple[float, float, int]:
     """(mean cross-entropy, accuracy, examples) of ``model`` over a whole eval loader.
 
-    Under DDP each rank evaluates its shard of every batch and the sums are combined. The
-    loss is plain cross-entropy (no label smoothing).
+    Under DDP the loader yields this rank's part of every batch (``set_shard``) and the
+    sums are combined. The loss is plain cross-entropy (no label smoothing).
     """
     env = env or D.DistEnv()
     was_training = model.training
@@ -115,8 +119,7 @@ def evaluate_loader(
     correct = torch.zeros((), dtype=torch.int64, device=device)
     count = 0
     loader.set_position(0, 0)
-    for x, y in loader:
-        xs, ys = D.shard(x, env), D.shard(y, env)
+    for xs, ys in loader:
         if not ys.shape[0]:
             continue
         with autocast(device, amp_dtype):

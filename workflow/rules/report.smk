@@ -22,6 +22,7 @@ REPORT_RENDERED = {
     "markdown": "reports/report.md",
     "html": "reports/index.html",
     "comparison": "reports/comparison.csv",
+    "claims": "reports/claims.json",
     **{
         f"plot_{name}": f"reports/plots/{name}.csv"
         for name in (
