@@ -71,6 +71,8 @@ def _evaluate(expression: Any, arch: str, dataset: str, threads: int = 1) -> Any
     ("arch", "dataset", "threads", "mem_mb", "runtime"),
     [
         ("resnet20", "digits", 1, 2000, 15),
+        ("resnet18", "digits16", 1, 2000, 15),  # every digits variant is a digits job
+        ("resnet18", "digits32", 1, 2000, 15),
         ("resnet34", "cifar10", 4, 16000, 480),
         ("resnet50", "cifar100", 4, 16000, 720),
         ("resnet50", "imagenet", 16, 64000, 2880),

@@ -1,8 +1,8 @@
 """scikit-learn's embedded digits: 1,797 8x8 grayscale images, 10 classes, no download.
 
-The ``digits16``/``digits32`` variants are the same images resized once (bilinear, pixel
-centres aligned as in PIL and torchvision) so that a CIFAR-style ResNet's last stage runs
-at 2x2 / 4x4 instead of 1x1, where 3x3 taps see padding only.
+The ``digits12``/``digits16``/``digits32`` variants are the same images resized once
+(bilinear, pixel centres aligned as in PIL and torchvision) so that a CIFAR-style ResNet's
+last stage runs at 2x2 / 2x2 / 4x4 instead of 1x1, where 3x3 taps see padding only.
 """
 
 from __future__ import annotations

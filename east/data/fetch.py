@@ -63,9 +63,9 @@ def fetch(
 ) -> Path:
     """Make ``name`` available under ``root`` and verify it; write and return the marker.
 
-    digits, digits16, digits32: embedded in scikit-learn (checked by loading it). cifar10/cifar100: verified
-    against torchvision's md5 table (or ``md5s``), downloaded only when missing or
-    corrupt and ``md5s`` is None. imagenet: cannot be downloaded; the folder layout is
+    digits and its resized variants: embedded in scikit-learn (checked by loading it).
+    cifar10/cifar100: verified against torchvision's md5 table (or ``md5s``), downloaded
+    only when missing or corrupt and ``md5s`` is None. imagenet: cannot be downloaded; the folder layout is
     validated (``expected_classes`` overrides 1000, for tests).
     """
     info = dataset_info(name, where="east fetch")

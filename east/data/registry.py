@@ -75,7 +75,8 @@ DATASETS: dict[str, DatasetInfo] = {
         hflip=False,  # digits are not mirror-symmetric: flips cost ~6 points of accuracy
     ),
     # Digits resized once (east.data.digits): the same images, labels and splits, at a
-    # resolution where ResNet-18's last stage is 2x2 / 4x4 (CIFAR: 4x4) instead of 1x1.
+    # resolution where ResNet-18's last stage is 2x2 (12, 16 px) or 4x4 (32 px, as CIFAR)
+    # instead of 1x1.
     # Crop padding scales with the image (8 px: 1, CIFAR's 32 px: 4).
     "digits12": DatasetInfo(
         name="digits12",
