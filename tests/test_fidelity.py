@@ -74,6 +74,7 @@ def hand_gradient(w: torch.Tensor) -> torch.Tensor:
 
 def one_step(scope: str, clip: float, env: D.DistEnv | None = None) -> torch.Tensor:
     """One train_step at lr 1, no momentum or decay: returns W_before − W_after."""
+    env = env or D.DistEnv()
     model = TinyMasked()
     before = model.weight.detach().clone()
     cfg = build_section(TrainConfig, {"epochs": 1, "lr": 1.0, "momentum": 0.0,
@@ -83,8 +84,7 @@ def one_step(scope: str, clip: float, env: D.DistEnv | None = None) -> torch.Ten
     ctx = StepContext(model=model, optimizer=optimizer, sparsifier=FixedMask(model),
                       schedule=build_schedule(cfg, 1, 1), device=torch.device("cpu"),
                       amp_dtype=None, label_smoothing=0.0, grad_clip=clip,
-                      grad_clip_scope=scope, env=env or D.DistEnv())
-    env = env or D.DistEnv()
+                      grad_clip_scope=scope, env=env)
     first, stop = shard_range(0, len(Y), env.rank, env.world_size)  # what a loader yields
     train_step(ctx, X[first:stop], Y[first:stop], 0, len(Y))
     return before - model.weight.detach()
