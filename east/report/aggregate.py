@@ -42,12 +42,12 @@ import pandas as pd
 from east.errors import EastError
 from east.pipeline import failure_text, read_failure
 from east.rundir import INFERENCE_FILE
-from east.sparsity.presets import PRESETS
+from east.sparsity.presets import TRICK_SWITCHES, preset_tricks
 
 REQUIRED_COLUMNS = ("row", "arch", "dataset", "method", "sparsity", "seed", "run_dir")
 OPTIONAL_COLUMNS = ("row_label", "protocol", "grid")
 # EAST's tricks, one boolean column each (the cell's config; absent: the method's preset).
-TRICKS = ("dyrelu", "sharing", "cyclic")
+TRICKS = TRICK_SWITCHES
 STATUSES = ("done", "diverged", "incomplete", "failed", "missing")
 CELL_KEY = ["arch", "dataset", "row", "sparsity", "seed"]
 GROUP_KEY = ["arch", "dataset", "row", "sparsity"]
@@ -125,9 +125,9 @@ def normalize_expected(expected: pd.DataFrame) -> pd.DataFrame:
     if "compare_as" not in out.columns:
         out["compare_as"] = out["method"]
     out["compare_as"] = out["compare_as"].fillna("").astype(str)
-    for trick in TRICKS:
+    for index, trick in enumerate(TRICKS):
         given = out[trick] if trick in out.columns else [None] * len(out)
-        out[trick] = [_preset_trick(method, trick) if pd.isna(value) else bool(value)
+        out[trick] = [preset_tricks(method)[index] if pd.isna(value) else bool(value)
                       for value, method in zip(given, out["method"], strict=True)]
     if "logs" not in out.columns:
         out["logs"] = ""
@@ -141,11 +141,6 @@ def normalize_expected(expected: pd.DataFrame) -> pd.DataFrame:
             f"sparsity {first['sparsity']} seed {first['seed']} twice"
         )
     return out
-
-
-def _preset_trick(method: str, trick: str) -> bool:
-    spec = PRESETS.get(method)
-    return bool(spec.preset().get(trick, False)) if spec is not None else False
 
 
 def _unique_labels(cells: pd.DataFrame) -> list[str]:

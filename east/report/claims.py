@@ -36,7 +36,7 @@ from east.errors import EastError
 from east.report.aggregate import TRICKS
 from east.report.tables import pm_text, render, slug, sparsity_label
 from east.sparsity.budget import target_total
-from east.sparsity.presets import PRESETS
+from east.sparsity.presets import preset_tricks
 
 ALPHA = 0.05
 MIN_SEEDS = 3
@@ -167,12 +167,6 @@ def combine(verdicts: Iterable[str]) -> str:
 
 # ---- groups and checks ----
 
-def _tricks_of(method: str) -> tuple[bool, ...]:
-    spec = PRESETS.get(method)
-    preset = spec.preset() if spec is not None else {}
-    return tuple(bool(preset.get(trick, False)) for trick in TRICKS)
-
-
 def _matching(cells: pd.DataFrame, method: str, tricks: tuple[bool, ...]) -> pd.DataFrame:
     mask = cells["method"] == method
     for trick, on in zip(TRICKS, tricks, strict=True):
@@ -183,7 +177,7 @@ def _matching(cells: pd.DataFrame, method: str, tricks: tuple[bool, ...]) -> pd.
 def find_group(cells: pd.DataFrame, method: str, sparsity: float,
                tricks: tuple[bool, ...] | None = None, grid: str | None = None) -> Group | None:
     """The first matching row (grid order; ``grid``'s rows first) at ``sparsity``."""
-    tricks = _tricks_of(method) if tricks is None else tricks
+    tricks = preset_tricks(method) if tricks is None else tricks
     match = _matching(cells, method, tricks)
     match = match[np.isclose(match["sparsity"].astype(float), sparsity, rtol=0, atol=1e-9)]
     if match.empty:

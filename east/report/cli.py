@@ -15,24 +15,16 @@ import pandas as pd
 
 from east.config import SparsityConfig
 from east.report.aggregate import TRICKS
-from east.sparsity.presets import PRESETS
+from east.sparsity.presets import preset_tricks
 
 if TYPE_CHECKING:
     from east.grid import GridCell
 
-# The tricks that make a row a variant of its method rather than the method itself.
-_TRICKS = ("dyrelu", "sharing", "cyclic")
-
-
 def compare_as(method: str, sparsity_config: SparsityConfig) -> str:
     """The method whose published numbers a cell may sit beside: its own, unless the row
     switches an EAST trick away from the method's preset (an ablation variant): then none."""
-    spec = PRESETS.get(method)
-    preset = spec.preset() if spec is not None else {}
-    for trick in _TRICKS:
-        if bool(getattr(sparsity_config, trick)) != bool(preset.get(trick, False)):
-            return ""
-    return method
+    own = tuple(bool(getattr(sparsity_config, trick)) for trick in TRICKS)
+    return method if own == preset_tricks(method) else ""
 
 
 def job_logs(run_dir: str, runs: str | None, logs: str | None) -> str:

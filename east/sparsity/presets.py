@@ -109,6 +109,16 @@ DYNAMIC_METHODS: tuple[str, ...] = tuple(m for m, spec in PRESETS.items() if spe
 SETTABLE_KNOBS: frozenset[str] = frozenset().union(*(m.knobs for m in PRESETS.values())) - {
     "method", "sparsity"}
 
+# EAST's three switches: a row that sets one away from its method's preset is a variant.
+TRICK_SWITCHES: tuple[str, ...] = ("dyrelu", "sharing", "cyclic")
+
+
+def preset_tricks(method: str) -> tuple[bool, ...]:
+    """The preset's value of each of ``TRICK_SWITCHES`` (all off for an unknown method)."""
+    spec = PRESETS.get(method)
+    preset = spec.preset() if spec is not None else {}
+    return tuple(bool(preset.get(trick, False)) for trick in TRICK_SWITCHES)
+
 
 def method_spec(name: str, where: str = "sparsity") -> Method:
     if name not in PRESETS:
