@@ -58,6 +58,14 @@ class DatasetInfo:
 
 _DIGITS_TEST = round_half_up(DIGITS_TEST_FRACTION * DIGITS_TOTAL)
 
+
+def _resized_digits(size: int, mean: float, std: float, crop_padding: int) -> DatasetInfo:
+    """``digits<size>``: digits resized once; mean/std are its pixel statistics."""
+    return DatasetInfo(name=f"digits{size}", num_classes=10, in_channels=1, image_size=size,
+                       stem="cifar", train_pool=DIGITS_TOTAL - _DIGITS_TEST,
+                       test_size=_DIGITS_TEST, mean=(mean,), std=(std,),
+                       crop_padding=crop_padding, in_memory=True, hflip=False)
+
 DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo(
         name="digits",
@@ -76,50 +84,10 @@ DATASETS: dict[str, DatasetInfo] = {
     ),
     # Digits resized once (east.data.digits): the same images, labels and splits, at a
     # resolution where ResNet-18's last stage is 2x2 (12, 16 px) or 4x4 (32 px, as CIFAR)
-    # instead of 1x1.
-    # Crop padding scales with the image (8 px: 1, CIFAR's 32 px: 4).
-    "digits12": DatasetInfo(
-        name="digits12",
-        num_classes=10,
-        in_channels=1,
-        image_size=12,
-        stem="cifar",
-        train_pool=DIGITS_TOTAL - _DIGITS_TEST,
-        test_size=_DIGITS_TEST,
-        mean=(0.3053,),
-        std=(0.3223,),
-        crop_padding=2,
-        in_memory=True,
-        hflip=False,
-    ),
-    "digits16": DatasetInfo(
-        name="digits16",
-        num_classes=10,
-        in_channels=1,
-        image_size=16,
-        stem="cifar",
-        train_pool=DIGITS_TOTAL - _DIGITS_TEST,
-        test_size=_DIGITS_TEST,
-        mean=(0.3053,),
-        std=(0.3186,),
-        crop_padding=2,
-        in_memory=True,
-        hflip=False,
-    ),
-    "digits32": DatasetInfo(
-        name="digits32",
-        num_classes=10,
-        in_channels=1,
-        image_size=32,
-        stem="cifar",
-        train_pool=DIGITS_TOTAL - _DIGITS_TEST,
-        test_size=_DIGITS_TEST,
-        mean=(0.3052,),
-        std=(0.3236,),
-        crop_padding=4,
-        in_memory=True,
-        hflip=False,
-    ),
+    # instead of 1x1. Crop padding scales with the image (8 px: 1, CIFAR's 32 px: 4).
+    **{info.name: info for info in (_resized_digits(12, 0.3053, 0.3223, 2),
+                                    _resized_digits(16, 0.3053, 0.3186, 2),
+                                    _resized_digits(32, 0.3052, 0.3236, 4))},
     "cifar10": DatasetInfo(
         name="cifar10",
         num_classes=10,

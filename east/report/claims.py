@@ -79,11 +79,8 @@ def welch(a: Sequence[float], b: Sequence[float]) -> Welch:
     if np.ptp(a) == 0 and np.ptp(b) == 0:  # no spread at all: the sign decides
         # (tested on equal values, not on var == 0: float means leave ~1e-34 variances)
         return Welch(math.nan, math.nan, 0.0 if a[0] > b[0] else 1.0)
-    va, vb = np.var(a, ddof=1) / a.size, np.var(b, ddof=1) / b.size
-    diff = float(a.mean() - b.mean())
-    t = diff / math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
-    return Welch(t, float(df), float(stats.t.sf(t, df)))
+    test = stats.ttest_ind(a, b, equal_var=False, alternative="greater")
+    return Welch(float(test.statistic), float(test.df), float(test.pvalue))
 
 
 @dataclass(frozen=True)
