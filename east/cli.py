@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--if-locked", choices=("fail", "wait"), default="fail",
                        help="when another process trains DIR: fail at once naming it (exit "
                        "73; default) or wait until it ends, then resume or find DIR done")
+    train.add_argument("--ranks", type=int, default=1,
+                       help="data-parallel ranks on this node, one per GPU (started as "
+                       "torchrun --standalone does; gloo ranks on a CPU-only machine)")
     train.set_defaults(func=_lazy("east.train.run:cmd_train"))
 
     evaluate = sub.add_parser("evaluate", help="evaluate a trained cell into metrics.json")

@@ -159,6 +159,12 @@ class TrainConfig:
     # CPU threads of the training process (None: torch's default). Not semantic, but CPU
     # results depend on it (float summation order): summary.json records what ran.
     threads: int | None = None
+    # GPUs of the cell's train job in the workflow: what SLURM is asked for and, when > 1,
+    # the ranks `torchrun --standalone` starts on one node (threads and workers above are
+    # the job's, divided among its ranks). `east train` run by hand ignores it: its ranks
+    # are the launcher's. Not semantic: results do not depend on the world size (BatchNorm
+    # statistics are global under data parallelism) beyond float summation order.
+    gpus: int = 1
 
     LR_SCHEDULES: ClassVar[tuple[str, ...]] = ("multistep", "cosine", "onecycle", "constant")
     PRECISIONS: ClassVar[tuple[str, ...]] = ("auto", "fp32", "bf16")
@@ -184,6 +190,7 @@ class TrainConfig:
         "workers": _at_least(0),
         "eval_batch_size": _at_least(1),
         "threads": _at_least(1, none="torch's default"),
+        "gpus": _at_least(0),
     }
 
 
@@ -245,7 +252,7 @@ NON_SEMANTIC: dict[str, frozenset[str]] = {
     "model": frozenset(),
     "train": frozenset(
         {"channels_last", "device", "log_every", "checkpoint_minutes", "workers", "eval_batch_size",
-         "threads"}
+         "threads", "gpus"}
     ),
     "sparsity": frozenset(),
 }

@@ -18,6 +18,9 @@ die() { echo "slurm_cluster.sh: $*" >&2; exit 1; }
 action=$1
 state=$(realpath -m "$2")
 conf_link=/etc/slurm/slurm.conf
+# slurmd reads gres.conf from the directory of the slurm.conf it was given.
+gres_link=/etc/slurm/gres.conf
+FAKE_GPUS=2
 
 ours_link() {  # true when the system config is a symlink into a cluster of this script
     [ -L "$conf_link" ] && [ "$(readlink "$conf_link")" = "$state/slurm.conf" ]
@@ -46,6 +49,9 @@ start() {
         elif ! ours_link; then
             die "$conf_link exists and is not a test cluster's symlink; not touching it"
         fi
+    fi
+    if [ -e "$gres_link" ] && [ ! -L "$gres_link" ]; then
+        die "$gres_link exists and is not a test cluster's symlink; not touching it"
     fi
     mkdir -p "$state/ctld" "$state/spool" "$state/log"
 
@@ -81,11 +87,23 @@ SlurmctldPidFile=$state/slurmctld.pid
 SlurmdPidFile=$state/slurmd.pid
 SlurmctldLogFile=$state/log/slurmctld.log
 SlurmdLogFile=$state/log/slurmd.log
-NodeName=localhost NodeAddr=127.0.0.1 $hw RealMemory=$mem State=UNKNOWN
+GresTypes=gpu
+NodeName=localhost NodeAddr=127.0.0.1 $hw RealMemory=$mem Gres=gpu:$FAKE_GPUS State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 EOF
+    # Fake GPUs: SLURM allocates and accounts them like real ones (a job asking for two is
+    # scheduled as on a GPU node), but they are character devices with /dev/null's numbers,
+    # so the job sees no CUDA. slurmd counts a gpu gres only through its File= devices;
+    # where mknod is not allowed, plain files work (slurmd logs that they are not devices).
+    local i
+    for i in $(seq 0 $((FAKE_GPUS - 1))); do
+        rm -f "$state/gpu$i"
+        mknod "$state/gpu$i" c 1 3 2>/dev/null || : >"$state/gpu$i"
+    done
+    echo "Name=gpu File=$state/gpu[0-$((FAKE_GPUS - 1))]" >"$state/gres.conf"
     mkdir -p /etc/slurm
     ln -sfn "$state/slurm.conf" "$conf_link"
+    ln -sfn "$state/gres.conf" "$gres_link"
 
     slurmctld -i
     slurmd -N localhost
@@ -114,6 +132,9 @@ stop() {
     stop_pid_file "$state/munged.pid"
     if ours_link; then
         rm -f "$conf_link"
+        if [ "$(readlink "$gres_link" 2>/dev/null)" = "$state/gres.conf" ]; then
+            rm -f "$gres_link"
+        fi
     fi
 }
 

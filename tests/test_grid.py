@@ -268,7 +268,7 @@ def test_run_dirs_follow_semantic_content_only(tmp_path: Path, defaults: str) ->
     rows = [
         dict(BASE_ROW),
         {**BASE_ROW, "name": "renamed", "label": "Another label", "protocol": "p"},
-        {**BASE_ROW, "name": "knobs", "train": {"workers": 2, "log_every": 3}},
+        {**BASE_ROW, "name": "knobs", "train": {"workers": 2, "log_every": 3, "gpus": 4}},
         {**BASE_ROW, "name": "lr", "train": {"lr": 0.2}},
     ]
     paths = [grid(tmp_path, [row], name=f"g{i}.yaml") for i, row in enumerate(rows)]
@@ -345,6 +345,7 @@ CASES: list[tuple[str, dict[str, Any], str]] = [
     ("dense at a sparsity", {"method": "dense", "sparsity": [0.5]},
      "g.yaml:r: sparsity: method 'dense' trains at sparsity 0, got 0.5"),
     ("value range", {"train": {"epochs": 0}}, "g.yaml:r: train.epochs: must be >= 1, got 0"),
+    ("value range", {"train": {"gpus": -1}}, "g.yaml:r: train.gpus: must be >= 0, got -1"),
     ("unknown schedule", {"train": {"lr_schedule": "cosin"}},
      "g.yaml:r: train.lr_schedule: must be one of multistep, cosine, onecycle, constant, "
      "got 'cosin'"),

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from pipeline_helpers import REPO, env, job_counts, make_repo, snakemake
+from pipeline_helpers import BIN, REPO, env, job_counts, make_repo, snakemake
 
 WORKFLOW_PROFILE = REPO / "profiles/default/config.yaml"
 SLURM_PROFILE = REPO / "profiles/slurm/config.yaml"
@@ -169,3 +170,61 @@ def test_a_small_dag_runs_on_slurm(cluster: Path, tmp_path: Path) -> None:
     assert "mem=2000M" in shown
     assert "gpu" not in shown.lower()
     assert "JobState=COMPLETED" in shown
+
+
+@pytest.mark.slurm
+def test_a_two_gpu_cell_runs_two_ranks_and_resumes_after_sigterm(cluster: Path,
+                                                                  tmp_path: Path) -> None:
+    """A row with train.gpus 2 asks SLURM for two (fake) GPUs and trains as two gloo ranks;
+    SIGTERM to the running job (as a time limit sends) checkpoints it, Snakemake's retry
+    resumes it, and the result equals an uninterrupted two-rank run bit for bit."""
+    from train_helpers import assert_same_run, east_command, east_env
+
+    from east.train.history import read_history
+
+    grid = ("defaults: {arch: resnet20, dataset: digits, train: {epochs: 6, gpus: 2}}\n"
+            "rows:\n  - {name: rigl, method: rigl, sparsity: [0.9]}\n")
+    repo = make_repo(tmp_path / "repo", grid=grid)
+    output = tmp_path / "snakemake.out"
+    with output.open("w") as sink:
+        process = subprocess.Popen(
+            [str(BIN / "snakemake"), "--profile", str(TEST_PROFILE),
+             "--cores", "2"], cwd=repo, env=env(), stdout=sink, stderr=subprocess.STDOUT,
+            text=True)
+        try:
+            deadline = time.monotonic() + 300
+            while not any(len(read_history(h)) >= 1
+                          for h in repo.glob("results/runs/*/seed0/history.jsonl")):
+                assert process.poll() is None, output.read_text()
+                assert time.monotonic() < deadline, output.read_text()
+                time.sleep(0.2)
+            running = subprocess.run(["squeue", "-h", "-t", "R", "-o", "%i"], env=env(),
+                                     capture_output=True, text=True, check=True).stdout.split()
+            assert len(running) == 1, running  # the train job (fetch_data ran locally)
+            shown = subprocess.run(["scontrol", "show", "job", running[0]], env=env(),
+                                   capture_output=True, text=True, check=True).stdout
+            subprocess.run(["scancel", "--signal=TERM", running[0]], env=env(),
+                           check=True)
+            assert process.wait(timeout=600) == 0, output.read_text()
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert "TresPerJob=gres:gpu:2" in shown  # the row's gpus reached SLURM
+    run = next(repo.glob("results/runs/*/seed0"))
+    log = next(repo.glob("results/logs/train/*/seed0.log")).read_text()
+    assert [line.startswith("east: train attempt ") for line in log.splitlines()].count(
+        True) == 2, log
+    # Attempt 1 ended by the signal (the job step's shell got it too: -15) after its first
+    # epoch (11 steps); attempt 2 resumed from its latest checkpoint (the ranks save one on
+    # SIGTERM: tests/test_launch.py).
+    assert "east: train exited -15 (pre-empted or out of time" in log, log
+    resumed = re.search(r"east: resuming .* from ckpt-(\d+)\.pt \(step (\d+)/66\)", log)
+    assert resumed and int(resumed[1]) == int(resumed[2]) >= 11, log
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["environment"]["world_size"] == 2
+    # The same cell, two ranks, never interrupted; the job had one thread (digits).
+    reference = tmp_path / "reference"
+    subprocess.run(east_command("train", str(run / "cell.json"), "--out", str(reference),
+                                "--ranks", "2"), env=east_env(threads=1), cwd=repo,
+                   check=True, capture_output=True, timeout=300)
+    assert_same_run(reference, run)

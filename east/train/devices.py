@@ -8,6 +8,7 @@ global torch settings of a training run (threads, deterministic algorithms, cuDN
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import torch
@@ -36,6 +37,20 @@ def resolve_device(requested: str | None, configured: str, env: D.DistEnv) -> to
     elif device.type != "cpu":
         raise EastError(f"train.device: unsupported device {name!r} (use cpu or cuda[:N])")
     return device
+
+
+def rank_share(job_total: int | None, ranks_on_node: int | None = None) -> int | None:
+    """This rank's share of a job's CPU threads or loader workers: the job's count divided
+    among the ranks ``torchrun`` started on this node (``LOCAL_WORLD_SIZE``), at least 1
+    where the job had any. ``None`` (torch's default thread count) stays ``None``."""
+    if job_total is None:
+        return None
+    if ranks_on_node is None:
+        try:
+            ranks_on_node = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        except ValueError:
+            raise EastError("LOCAL_WORLD_SIZE: expected an integer") from None
+    return max(1, job_total // ranks_on_node) if job_total > 0 else 0
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:

@@ -32,7 +32,7 @@ from east.train.callbacks import (
     NonFiniteLoss,
     Results,
 )
-from east.train.devices import loop_settings, resolve_device
+from east.train.devices import loop_settings, rank_share, resolve_device
 from east.train.signals import StopSignals
 from east.train.step import evaluate_loader, train_step
 
@@ -84,7 +84,7 @@ class Trainer:
         self.device = resolve_device(self.requested_device, self.cell.train.device, self.env)
         created = D.init_distributed(self.env, self.device)
         try:
-            with loop_settings(self.device, self.cell.train.threads), \
+            with loop_settings(self.device, rank_share(self.cell.train.threads)), \
                     StopSignals() as self.signals:
                 built = setup.build(self.cell, self.out, self.device, self.env, self.md5s)
                 self.state, self.ctx, self.loaders = built.state, built.ctx, built.loaders

@@ -9,14 +9,17 @@ was read or written, the other process's run is untouched).
 One writer per run directory (``east.runlock``): the exclusive lock on ``DIR/.lock`` is
 taken before anything in DIR is read and held until the command ends.
 
-Multi-GPU: launch the same command under ``torchrun --nproc-per-node N -m east train ...``;
-every rank trains on its shard of each batch and only rank 0 writes files.
+Multi-GPU: ``--ranks N`` starts N ranks on this node (``east.train.launch``: torchrun's
+launcher with east's exit codes); the same command under any launcher that sets
+``RANK``/``WORLD_SIZE`` works too. Every rank trains on its shard of each batch and only
+rank 0 writes files.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -73,7 +76,19 @@ def _remove_partial_checkpoints(out_dir: Path) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    cell = read_cell(args.cell)
+    cell = read_cell(args.cell)  # a bad cell file fails here, before any rank starts
+    if args.ranks < 1:
+        raise EastError(f"--ranks: must be >= 1, got {args.ranks}")
+    if args.ranks > 1 and "WORLD_SIZE" not in os.environ:
+        from east.train.launch import launch_ranks
+
+        options = ["--if-locked", args.if_locked]
+        if args.device is not None:
+            options += ["--device", args.device]
+        if args.max_steps is not None:
+            options += ["--max-steps", str(args.max_steps)]
+        return launch_ranks(args.ranks, ["train", str(args.cell), "--out", str(args.out),
+                                         *options])
     outcome = train_cell(cell, args.out, device=args.device, max_steps=args.max_steps,
                          if_locked=args.if_locked)
     from east.train.distributed import env_from_environ

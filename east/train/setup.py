@@ -25,7 +25,8 @@ from east.rundir import CELL_FILE, HISTORY_FILE
 from east.train import checkpoint as ckpt
 from east.train import distributed as D
 from east.train.cost import TrainingCost
-from east.train.devices import resolve_channels_last, resolve_precision
+from east.train.devices import rank_share, resolve_channels_last, resolve_precision
+from east.train.global_bn import use_global_batch_norm
 from east.train.history import truncate_history
 from east.train.optim import build_optimizer, build_schedule
 from east.train.state import TrainState
@@ -57,7 +58,7 @@ def build(cell: CellConfig, out: Path, device: torch.device, env: D.DistEnv,
     amp_dtype = resolve_precision(cfg.precision, device)
     loaders = build_loaders(
         cell.data, batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
-        seed=cell.seed, device=device, workers=cfg.workers, channels_last=channels_last,
+        seed=cell.seed, device=device, workers=rank_share(cfg.workers), channels_last=channels_last,
         md5s=md5s,
     )
     for loader in (loaders.train, loaders.val, loaders.test):
@@ -70,6 +71,8 @@ def build(cell: CellConfig, out: Path, device: torch.device, env: D.DistEnv,
     total_steps = cfg.epochs * steps_per_epoch
     seed_everything(cell.seed)
     model = model_for_cell(cell).to(device)
+    if env.enabled:  # BatchNorm over the global batch: results independent of the world size
+        model = use_global_batch_norm(model, device)
     with torch.device("meta"):  # the FLOPs account reads only shapes (draws no RNG)
         shapes = model_for_cell(cell)
     cost = TrainingCost(

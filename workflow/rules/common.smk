@@ -130,6 +130,11 @@ def data_marker(wildcards):
     return f"{data.root}/{data.name}/FETCHED.json"
 
 
+def train_gpus(wildcards):
+    """GPUs a cell's train job asks for: its train.gpus (an execution knob)."""
+    return cell_of(wildcards).config.train.gpus
+
+
 def run_dir(wildcards):
     return RUN.format(**wildcards)
 

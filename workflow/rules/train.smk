@@ -28,11 +28,15 @@ rule train:
         f"results/benchmarks/train/{CELL_LOG}.tsv"
     retries: TRAIN_RETRIES
     resources:
+        # GPUs of this job: the cell's train.gpus (params/defaults.yaml per dataset, or
+        # the row); more than one runs one rank per GPU on the node (east train --ranks).
+        gpu=train_gpus,
         # Not a request: which attempt this job is, for the retry policy in the run block
         # (Snakemake passes `attempt` to resource functions only).
         east_attempt=lambda wildcards, attempt: attempt,
     params:
         run_dir=run_dir,
+        ranks=lambda wildcards, resources: max(1, resources.gpu),
     run:
         with job_attempt(
             "train",
@@ -46,5 +50,5 @@ rule train:
             # second copy waits for the first and then finds the cell done or resumes it.
             shell(
                 "{EAST} train {params.run_dir}/cell.json --out {params.run_dir}"
-                " --if-locked wait >> {log} 2>&1"
+                " --if-locked wait --ranks {params.ranks} >> {log} 2>&1"
             )
