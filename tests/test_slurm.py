@@ -76,8 +76,8 @@ def _evaluate(expression: Any, arch: str, dataset: str, threads: int = 1) -> Any
         ("resnet18", "digits32", 1, 2000, 15),
         ("resnet34", "cifar10", 4, 16000, 480),
         ("resnet50", "cifar100", 4, 16000, 720),
-        ("resnet50", "imagenet", 16, 64000, 2880),
-        ("resnet18", "imagenet", 16, 64000, 1440),
+        ("resnet50", "imagenet", 32, 64000, 2880),
+        ("resnet18", "imagenet", 32, 64000, 1440),
     ],
 )
 def test_train_resources_by_arch_and_dataset(
