@@ -18,7 +18,7 @@ from east.train.devices import rank_share
 from east.train.history import read_history
 from east.train.launch import launch_exit_code
 
-# 21 steps an epoch (1,347 digits training images in batches of 64); long enough for a
+# 21 steps an epoch (1,294 digits training images in batches of 64); long enough for a
 # signal to land mid-run, short enough for three launches.
 CELL = dict(method="rigl", sparsity=0.9, epochs=4, sparse={"update_interval": 10})
 

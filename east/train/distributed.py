@@ -5,12 +5,15 @@ Every rank builds the same loader (same seed) and it yields only that rank's con
 shard of every global batch (``PositionedLoader.set_shard``): each rank decodes its own
 examples only. Each rank's loss is its shard's *sum* divided by the global batch size, and
 gradients are summed across ranks: the gradient equals the single-process one (up to float
-summation order), uneven or empty shards included. Gradients are all-reduced by hand
-(flattened, one collective per step) before ``sparsifier.after_backward``, so every rank
-sees identical gradients and makes identical mask decisions; DDP's wrapper is not used
-because DyReLU modules at beta = 0 leave parameters without gradients. As in DDP, rank 0's
-BatchNorm running statistics are broadcast before every forward pass. Only rank 0 writes
-files. Backend: nccl on CUDA, gloo on CPU.
+summation order), uneven or empty shards included. Gradients are summed before
+``sparsifier.after_backward``, so every rank sees identical gradients and makes identical
+mask decisions: by ``east.train.grad_reducer.GradReducer`` (buckets all-reduced from
+gradient hooks while backward runs), or, on a step where some rank's shard is empty, by
+``all_reduce_gradients`` here (flattened, one collective per dtype, after backward). DDP's
+wrapper is not used because DyReLU modules at beta = 0 leave parameters without gradients
+(which both keep at ``grad = None``). As in DDP, rank 0's BatchNorm running statistics
+are broadcast before every forward pass. Only rank 0 writes files. Backend: nccl on CUDA,
+gloo on CPU.
 """
 
 from __future__ import annotations
@@ -110,7 +113,8 @@ def all_reduce_gradients(params: list[nn.Parameter], env: DistEnv) -> None:
 
     A parameter with a gradient on any rank gets one everywhere (zeros where missing), so
     ranks with an empty shard stay in step; parameters without a gradient on every rank
-    (e.g. DyReLU at beta = 0) keep ``grad = None``.
+    (e.g. DyReLU at beta = 0) keep ``grad = None``. ``train_step`` uses it on steps where
+    some rank's shard is empty; otherwise ``east.train.grad_reducer`` computes the same.
     """
     if not env.enabled:
         return

@@ -4,7 +4,7 @@ One step, in order (docs/design.md, "Training and evaluation"):
 
     forward under autocast, loss = CE(shard)·|shard|/|batch|; backward (the loader
     yields only this rank's shard: east.data.positioned.shard_range)
-    all-reduce gradients (DDP)
+    all-reduce gradients (DDP; overlapped with backward: east.train.grad_reducer)
     clip_grad_norm_(grad_clip)                     # grad_clip_scope dense: all positions
     sparsifier.after_backward(step)                # dense-grad scores, then masked grads
     [clip_grad_norm_(grad_clip)]                   # grad_clip_scope masked: instead, here
@@ -12,6 +12,12 @@ One step, in order (docs/design.md, "Training and evaluation"):
     sparsifier.after_step(step, optimizer)         # mask update if due; zero weights + state
 
 The caller sets DyReLU's β for the step first (``model.set_beta``).
+
+With several processes the gradients are summed by ``StepContext.reducer`` (a
+``GradReducer``): buckets are all-reduced from gradient hooks while backward runs, finished
+after it. A step where some rank's shard is empty (a last batch smaller than the world)
+falls back to the synchronous ``distributed.all_reduce_gradients`` — same sums, same
+``grad = None`` parameters. One process: no reducer, no collective, nothing changes.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from torch import Tensor, nn
 
 from east.train import distributed as D
 from east.train.devices import autocast
+from east.train.grad_reducer import DEFAULT_BUCKET_BYTES, GradReducer, every_shard_nonempty
 from east.train.optim import LRSchedule
 
 
@@ -45,10 +52,16 @@ class StepContext:
     grad_clip_scope: str = "dense"
     env: D.DistEnv = field(default_factory=D.DistEnv)
     params: list[nn.Parameter] = field(default_factory=list)
+    overlap_grads: bool = True  # False: the hand all-reduce after backward (benchmarks)
+    bucket_bytes: int = DEFAULT_BUCKET_BYTES
+    reducer: GradReducer | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.params:
             self.params = [p for p in self.model.parameters() if p.requires_grad]
+        # Hooks only under DDP: a single process keeps its plain backward.
+        if self.env.enabled and self.overlap_grads:
+            self.reducer = GradReducer(self.params, bucket_bytes=self.bucket_bytes)
 
 
 def clip_gradients(params: Sequence[nn.Parameter], max_norm: float) -> None:
@@ -69,23 +82,38 @@ def train_step(ctx: StepContext, xs: Tensor, ys: Tensor, step: int,
     model.train()
     if global_batch is None:
         global_batch = int(ys.shape[0])
+    # A step where some rank's shard is empty (at most one per epoch) takes the synchronous
+    # hand all-reduce, written and tested for empty shards, rather than the bucket hooks.
+    # All ranks must take the same path (their collectives pair up in order); each knows
+    # from the global batch size alone whether some shard is empty.
+    reducer = ctx.reducer
+    if reducer is not None and not every_shard_nonempty(global_batch, ctx.env.world_size):
+        reducer = None
     D.broadcast_module(model, ctx.env, buffers_only=True)
     for p in ctx.params:
         p.grad = None
     count = int(ys.shape[0])
-    if count:
-        with autocast(ctx.device, ctx.amp_dtype):
-            logits = model(xs)
-        # The loss in fp32 whatever the autocast dtype; summed, so shards add up exactly.
-        loss_sum = F.cross_entropy(logits.float(), ys, reduction="sum",
-                                   label_smoothing=ctx.label_smoothing)
+    if reducer is not None and not count:
+        raise RuntimeError(f"rank {ctx.env.rank}: empty shard of a {global_batch}-example "
+                           f"batch over {ctx.env.world_size} ranks (global_batch is wrong)")
+    # An empty DDP shard (a last batch smaller than the world) runs the pass too, on zero
+    # examples (zero loss, zero gradients): every rank takes part in the collectives of
+    # BatchNorm over the global batch (east.train.global_bn).
+    with autocast(ctx.device, ctx.amp_dtype):
+        logits = model(xs)
+    # The loss in fp32 whatever the autocast dtype; summed, so shards add up exactly.
+    loss_sum = F.cross_entropy(logits.float(), ys, reduction="sum",
+                               label_smoothing=ctx.label_smoothing)
+    if reducer is None:
         (loss_sum / global_batch).backward()
-        correct = (logits.detach().argmax(dim=1) == ys).sum()
-        loss_sum = loss_sum.detach().double()
-    else:  # an empty DDP shard (last batch smaller than the world)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
-        correct = torch.zeros((), dtype=torch.int64, device=ctx.device)
-    D.all_reduce_gradients(ctx.params, ctx.env)
+    else:
+        reducer.backward(loss_sum / global_batch)
+    correct = (logits.detach().argmax(dim=1) == ys).sum()
+    loss_sum = loss_sum.detach().double()
+    if reducer is None:
+        D.all_reduce_gradients(ctx.params, ctx.env)
+    else:
+        reducer.finish()
     if ctx.grad_clip is not None and ctx.grad_clip_scope == "dense":
         clip_gradients(ctx.params, ctx.grad_clip)
     ctx.sparsifier.after_backward(step)

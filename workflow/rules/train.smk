@@ -48,7 +48,12 @@ rule train:
             write_cell_json(wildcards)
             # --if-locked wait: when SLURM requeues a job that Snakemake also retried, the
             # second copy waits for the first and then finds the cell done or resumes it.
+            # The trap: SLURM signals every process of the job step, this shell included;
+            # it waits for east to checkpoint, log and exit (75), so the log is complete
+            # and the exit code is east's (a trap, unlike an ignored signal, is not
+            # inherited by east).
             shell(
+                "trap true TERM USR1; "
                 "{EAST} train {params.run_dir}/cell.json --out {params.run_dir}"
                 " --if-locked wait --ranks {params.ranks} >> {log} 2>&1"
             )
