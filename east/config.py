@@ -160,10 +160,11 @@ class TrainConfig:
     # results depend on it (float summation order): summary.json records what ran.
     threads: int | None = None
     # GPUs of the cell's train job in the workflow: what SLURM is asked for and, when > 1,
-    # the ranks `torchrun --standalone` starts on one node (threads and workers above are
+    # the ranks `east train --ranks N` starts on one node (threads and workers above are
     # the job's, divided among its ranks). `east train` run by hand ignores it: its ranks
-    # are the launcher's. Not semantic: results do not depend on the world size (BatchNorm
-    # statistics are global under data parallelism) beyond float summation order.
+    # are its --ranks or the launcher's. Not semantic: results do not depend on the world
+    # size (BatchNorm statistics are global under data parallelism) beyond float
+    # summation order.
     gpus: int = 1
 
     LR_SCHEDULES: ClassVar[tuple[str, ...]] = ("multistep", "cosine", "onecycle", "constant")

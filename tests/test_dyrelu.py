@@ -245,3 +245,40 @@ def test_set_beta_reaches_every_dyrelu_and_is_not_in_the_state_dict():
     with pytest.raises(ValueError):
         model.set_beta(1.5)
     build_model("resnet20", num_classes=10, in_channels=3).set_beta(0.5)  # ReLU: no-op
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "resnet50"])  # basic and bottleneck blocks
+def test_recomputed_regions_equal_the_eager_network_bit_for_bit(arch, monkeypatch) -> None:
+    """In training, BatchNorm → [+ residual] → DyReLU-B is recomputed in backward instead of
+    keeping DyReLU-B's input (issue 17's memory): the same outputs, every gradient, the
+    running statistics and the batch counters, bit for bit; the recomputation does not
+    count the batch into the statistics twice."""
+    from east.models import resnet
+
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes=10, in_channels=3, activation="dyrelu").train()
+    model.set_beta(0.6)
+    eager = copy.deepcopy(model)
+    x = torch.randn(4, 3, 16, 16)
+    regions = []
+    recompute = resnet.checkpoint
+
+    def counted(*args, **kwargs):
+        regions.append(1)
+        return recompute(*args, **kwargs)
+
+    monkeypatch.setattr(resnet, "checkpoint", counted)
+    model(x).square().sum().backward()
+    monkeypatch.setattr(resnet, "_norm_act",
+                        lambda norm, act, h, residual=None:
+                        resnet._norm_act_eager(norm, act, h, residual))
+    eager(x).square().sum().backward()
+    activations = sum(isinstance(m, DyReLUB) for m in model.modules())
+    assert len(regions) == activations  # every DyReLU-B's region was checkpointed
+    for (name, a), b in zip(model.named_parameters(), eager.parameters(), strict=True):
+        assert torch.equal(a.grad, b.grad), name
+    for (name, a), b in zip(model.named_buffers(), eager.buffers(), strict=True):
+        assert torch.equal(a, b), name
+    assert int(model.bn1.num_batches_tracked) == 1
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), eager.eval()(x))

@@ -85,10 +85,11 @@ def dyrelu_step_cases(plan: Plan, dev: DeviceSetup) -> list[CaseResult]:
 
 
 def dyrelu_memory_floor(arch: str, batch_size: int, image_size: int) -> dict[str, int]:
-    """What a DyReLU-B network must hold beyond its ReLU twin in one fp32 training step:
-    ``saved_input_bytes``, the input x of every DyReLU-B, kept for backward (from a
-    one-image forward pass, scaled to the batch), and ``fc_state_bytes``, the hyper-function
-    FC weights with their gradients and SGD momentum."""
+    """What a DyReLU-B network holds beyond its ReLU twin in one fp32 training step:
+    ``saved_input_bytes``, the input x of every DyReLU-B, which keeping it for backward
+    would cost (from a one-image forward pass, scaled to the batch; the network recomputes
+    it instead), and ``fc_state_bytes``, the hyper-function FC weights with their gradients
+    and SGD momentum."""
     info = dataset_info(DATASET)
     model = build_model(arch, num_classes=info.num_classes, in_channels=info.in_channels,
                         activation="dyrelu")

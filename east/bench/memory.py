@@ -229,9 +229,10 @@ def dyrelu_memory_case(*, arch: str, relu: dict[str, Any], dyrelu: dict[str, Any
                        threads: int, target: Target | None,
                        floor: dict[str, int]) -> CaseResult:
     """Peak-memory growth of a run with DyReLU-B (beta = 1) / the same run with ReLU (ABBA
-    over ``repeats`` pairs, ordinary steps only). ``floor``: bytes the DyReLU network must
-    hold beyond the ReLU one (``saved_input_bytes``: the input x of each module, kept for
-    backward; ``fc_state_bytes``: FC weights, gradients, momentum)."""
+    over ``repeats`` pairs, ordinary steps only). ``floor``: what the DyReLU network holds
+    beyond the ReLU one (``saved_input_bytes``: the input x of each module, which keeping
+    it for backward would cost, and which east.models.resnet recomputes instead;
+    ``fc_state_bytes``: FC weights, gradients, momentum)."""
     base = {"arch": arch, "device": device, "batch_size": batch_size,
             "image_size": image_size, "threads": threads}
     runs = _abba_children({"relu": {**base, "label": "ReLU", "sparse": relu},
@@ -258,9 +259,11 @@ def dyrelu_memory_case(*, arch: str, relu: dict[str, Any], dyrelu: dict[str, Any
         f"{how}: dense run with every ReLU a DyReLU-B (beta = 1) / the same with ReLU, "
         f"{ORDINARY_STEPS + 1} steps each, batch {batch_size}", "x",
         spread(ratios).median, spread(ratios), target, details,
-        notes="one fresh process per run; an exact DyReLU-B must keep its input x for "
-              "backward (ReLU keeps only its output, which the next conv keeps anyway): "
-              "dyrelu saved input mib + dyrelu fc state mib is the floor of the extra",
+        notes="one fresh process per run; DyReLU-B's backward needs its input x (ReLU's "
+              "only its output, which the next conv keeps anyway): the network recomputes "
+              "BatchNorm -> DyReLU-B in backward instead of keeping x (dyrelu saved input "
+              "mib: what keeping it would cost); dyrelu fc state mib: the hyper-function's "
+              "weights, gradients and momentum",
     )
 
 

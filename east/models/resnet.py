@@ -9,11 +9,13 @@ the last one after the residual sum); plain ReLUs hold no state, so they add no 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from east.archs import STAGE_BLOCKS
 from east.config import CellConfig
@@ -54,6 +56,45 @@ def _conv_or_shared(
     return SharedConv2d(owner)
 
 
+def _norm_act_eager(norm: nn.Module, act: nn.Module, h: Tensor,
+                    residual: Tensor | None) -> Tensor:
+    out = norm(h)
+    if residual is not None:
+        out += residual  # in place, as torchvision: BN's backward does not need its output
+    return act(out)
+
+
+@contextlib.contextmanager
+def _statistics_frozen(norm: nn.Module) -> Iterator[None]:
+    """BatchNorm's recomputation in backward normalises exactly as its forward did (batch
+    statistics) but must not count the batch into the running statistics a second time:
+    momentum 0 leaves them bit for bit (r·1 + s·0), the batch counter is put back."""
+    momentum, tracked = norm.momentum, norm.num_batches_tracked.clone()
+    norm.momentum = 0.0
+    try:
+        yield
+    finally:
+        norm.momentum = momentum
+        norm.num_batches_tracked.copy_(tracked)
+
+
+def _norm_act(norm: nn.Module, act: nn.Module, h: Tensor,
+              residual: Tensor | None = None) -> Tensor:
+    """``act(norm(h) [+ residual])``. For an active DyReLU-B in a training step the region is
+    recomputed in backward (non-reentrant checkpoint) instead of keeping DyReLU-B's input:
+    ReLU's backward needs only its output, which the next conv keeps anyway, but DyReLU-B's
+    needs its input, one activation-sized tensor more per activation (the whole of its
+    memory overhead, docs/benchmarks.md). Recomputed, the region keeps only ``h`` (which
+    BatchNorm keeps anyway) and ``residual`` (the block input, which conv1 keeps), and the
+    same ops on the same inputs give the same values: gradients are unchanged bit for bit,
+    at the cost of a second BatchNorm and DyReLU-B forward."""
+    if not (isinstance(act, DyReLUB) and act.beta > 0.0 and torch.is_grad_enabled()
+            and h.requires_grad):
+        return _norm_act_eager(norm, act, h, residual)
+    return checkpoint(_norm_act_eager, norm, act, h, residual, use_reentrant=False,
+                      context_fn=lambda: (contextlib.nullcontext(), _statistics_frozen(norm)))
+
+
 def _shortcut(in_ch: int, out_ch: int, stride: int) -> nn.Sequential | None:
     """1x1 conv + BN when the residual changes shape (torchvision's ``downsample``)."""
     if stride == 1 and in_ch == out_ch:
@@ -85,10 +126,8 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.act1(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        out += identity  # in place, as torchvision: BN's backward does not need its output
-        return self.act2(out)
+        out = _norm_act(self.bn1, self.act1, self.conv1(x))
+        return _norm_act(self.bn2, self.act2, self.conv2(out), identity)
 
 
 class Bottleneck(nn.Module):
@@ -120,11 +159,9 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.act1(self.bn1(self.conv1(x)))
-        out = self.act2(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        out += identity
-        return self.act3(out)
+        out = _norm_act(self.bn1, self.act1, self.conv1(x))
+        out = _norm_act(self.bn2, self.act2, self.conv2(out))
+        return _norm_act(self.bn3, self.act3, self.conv3(out), identity)
 
 
 Block = type[BasicBlock] | type[Bottleneck]
@@ -218,7 +255,7 @@ class EastResNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.maxpool(self.act(self.bn1(self.conv1(x))))
+        x = self.maxpool(_norm_act(self.bn1, self.act, self.conv1(x)))
         for name in self.stage_names:
             x = getattr(self, name)(x)
         return self.fc(torch.flatten(self.avgpool(x), 1))

@@ -31,6 +31,10 @@ def resolve_device(requested: str | None, configured: str, env: D.DistEnv) -> to
         if not torch.cuda.is_available():
             raise EastError(f"train.device: {name!r} requested but CUDA is not available")
         if env.enabled and device.index is None:
+            if env.local_rank >= torch.cuda.device_count():
+                raise EastError(f"rank {env.rank}: no GPU cuda:{env.local_rank} on this node "
+                                f"({torch.cuda.device_count()} visible): start at most one "
+                                "rank per GPU")
             device = torch.device("cuda", env.local_rank)
         elif device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
