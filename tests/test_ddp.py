@@ -8,10 +8,8 @@ import torch.multiprocessing as mp
 from train_helpers import ddp_worker, free_port, make_cell
 
 
-def test_two_rank_gloo_run_keeps_identical_masks_through_rigl_updates(tmp_path) -> None:
-    cell = make_cell(method="rigl", sparsity=0.9, epochs=1,
-                     sparse={"update_interval": 2, "update_end": "100%"})
-    steps = 8
+def _two_ranks(cell, tmp_path, steps):
+    """Train ``cell`` for ``steps`` steps as 2 gloo ranks: (run dir, each rank's dump)."""
     out, dump = tmp_path / "run", tmp_path / "dump"
     dump.mkdir()
     mp.spawn(ddp_worker, args=(2, free_port(), cell.canonical_json(), str(out), str(dump),
@@ -19,6 +17,14 @@ def test_two_rank_gloo_run_keeps_identical_masks_through_rigl_updates(tmp_path) 
     ranks = [torch.load(dump / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert [r["exit"] for r in ranks] == [0, 0]
     assert [r["step"] for r in ranks] == [steps, steps]
+    return out, ranks
+
+
+def test_two_rank_gloo_run_keeps_identical_masks_through_rigl_updates(tmp_path) -> None:
+    cell = make_cell(method="rigl", sparsity=0.9, epochs=1,
+                     sparse={"update_interval": 2, "update_end": "100%"})
+    steps = 8
+    out, ranks = _two_ranks(cell, tmp_path, steps)
     # Mask updates happened after steps 2, 4, 6, 8 (it = step + 1 divisible by 2) ...
     assert ranks[0]["updates"] == ranks[1]["updates"] == 4
     prints = ranks[0]["fingerprints"]
@@ -71,12 +77,7 @@ def test_an_empty_shard_trains_as_one_process(tmp_path) -> None:
     cell = make_cell(method="rigl", sparsity=0.9, epochs=2, train={"batch_size": 431},
                      sparse={"update_interval": 2, "update_end": "100%"})
     steps = 8
-    out, dump = tmp_path / "run", tmp_path / "dump"
-    dump.mkdir()
-    mp.spawn(ddp_worker, args=(2, free_port(), cell.canonical_json(), str(out), str(dump),
-                               steps), nprocs=2, join=True)
-    ranks = [torch.load(dump / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
-    assert [r["exit"] for r in ranks] == [0, 0] and [r["step"] for r in ranks] == [8, 8]
+    _, ranks = _two_ranks(cell, tmp_path, steps)
     single = _single_process(cell, tmp_path / "single", steps)
     assert single.state.cost.examples == 2 * 1294
     _assert_same_up_to_rounding(ranks[0]["state"], single.state.model.state_dict())
