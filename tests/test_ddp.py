@@ -38,6 +38,10 @@ def test_two_rank_gloo_run_keeps_identical_masks_through_rigl_updates(tmp_path) 
     # at every forward, as in DDP).
     weights = [k for k, v in state0.items() if v.is_floating_point() and "running" not in k]
     assert all(torch.equal(state0[k], state1[k]) for k in weights)
+    # ... and global BatchNorm gives every rank the same running statistics, without the
+    # per-step broadcast DDP needs.
+    stats = [k for k in state0 if "running" in k or "num_batches" in k]
+    assert stats and all(torch.equal(state0[k], state1[k]) for k in stats)
     # Only rank 0 wrote the checkpoint of the stop.
     assert (out / "checkpoints" / f"ckpt-{steps}.pt").exists()
     assert sum(int(state0[k].sum()) for k in masks) == round(0.1 * 270608)

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from east.bench.cases import DENSE, DENSE_DYRELU, Plan, _collect, _ratio_case, usable_cores
 from east.bench.results import CaseResult, Target
-from east.bench.timing import Arm, Paired, time_units
+from east.bench.timing import Arm, Paired, rotate
 from east.bench.workload import DATASET, DeviceSetup, StepSetup, build_step_setup
 from east.data.registry import dataset_info
 from east.models import DyReLUB, build_model
@@ -142,22 +142,6 @@ def _use_function(model: nn.Module, function: type[torch.autograd.Function]) -> 
     for m in model.modules():
         if isinstance(m, DyReLUB):
             m.forward = types.MethodType(forward, m)  # type: ignore[method-assign]
-
-
-def rotate(arms: list[Arm], *, repeats: int, inner: int, warmup: int,
-           sync: Any) -> dict[str, list[float]]:
-    """Seconds per unit of each arm per repeat, the arms in rotating order (repeat r starts
-    with arm r mod k; odd repeats run the order backwards), after warm-up units of each."""
-    for arm in arms:
-        for _ in range(warmup):
-            arm.run()
-    sync()
-    seconds: dict[str, list[float]] = {arm.name: [] for arm in arms}
-    for r in range(repeats):
-        order = arms[r % len(arms):] + arms[:r % len(arms)]
-        for arm in order if r % 2 == 0 else order[::-1]:
-            seconds[arm.name].append(time_units(arm, inner, sync))
-    return seconds
 
 
 def against_cases(plan: Plan, dev: DeviceSetup, path: Path) -> list[CaseResult]:

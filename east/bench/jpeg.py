@@ -21,7 +21,7 @@ one process with one torch thread (what a DataLoader worker gets):
   synchronised; its pixels are compared with PIL's too.
 
 One timed unit is one pass over the N files. The arms run in a rotating order (repeat r
-starts with arm r mod k, odd repeats backwards; ``east.bench.dyrelu.rotate``) after one
+starts with arm r mod k, odd repeats backwards; ``east.bench.timing.rotate``) after one
 untimed pass each, with the garbage collector paused (``east.bench.timing.time_units``),
 as docs/benchmarks.md describes. Reported: images/s per arm (median, IQR, min-max over
 the repeats), the per-repeat speed ratio decode_jpeg / PIL, the decode share of each
@@ -49,8 +49,7 @@ from torch import Tensor
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms.v2 import functional as F2
 
-from east.bench.dyrelu import rotate
-from east.bench.timing import Arm, spread
+from east.bench.timing import Arm, rotate, spread
 from east.data.imagenet import RESIZE_SIZE, SeededImages
 from east.data.registry import dataset_info
 from east.data.transforms import random_resized_crop_box

@@ -153,3 +153,19 @@ def interleave(baseline: Arm, variant: Arm, *, repeats: int, inner: int = 1, war
         result.baseline.append(seconds[baseline.name])
         result.variant.append(seconds[variant.name])
     return result
+
+
+def rotate(arms: list[Arm], *, repeats: int, inner: int, warmup: int,
+           sync: Sync = _no_sync) -> dict[str, list[float]]:
+    """Seconds per unit of each arm per repeat, the arms in rotating order (repeat r starts
+    with arm r mod k; odd repeats run the order backwards), after warm-up units of each."""
+    for arm in arms:
+        for _ in range(warmup):
+            arm.run()
+    sync()
+    seconds: dict[str, list[float]] = {arm.name: [] for arm in arms}
+    for r in range(repeats):
+        order = arms[r % len(arms):] + arms[:r % len(arms)]
+        for arm in order if r % 2 == 0 else order[::-1]:
+            seconds[arm.name].append(time_units(arm, inner, sync))
+    return seconds

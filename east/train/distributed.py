@@ -11,8 +11,9 @@ mask decisions: by ``east.train.grad_reducer.GradReducer`` (buckets all-reduced 
 gradient hooks while backward runs), or, on a step where some rank's shard is empty, by
 ``all_reduce_gradients`` here (flattened, one collective per dtype, after backward). DDP's
 wrapper is not used because DyReLU modules at beta = 0 leave parameters without gradients
-(which both keep at ``grad = None``). As in DDP, rank 0's BatchNorm running statistics
-are broadcast before every forward pass. Only rank 0 writes files. Backend: nccl on CUDA,
+(which both keep at ``grad = None``). BatchNorm is global (``east.train.global_bn``), so
+every rank updates the same running statistics; rank 0's are broadcast before each
+evaluation. Only rank 0 writes files. Backend: nccl on CUDA,
 gloo on CPU.
 """
 
@@ -86,8 +87,8 @@ def _collective_view(tensor: Tensor) -> Tensor:
 def broadcast_module(module: nn.Module, env: DistEnv, *, buffers_only: bool = False) -> None:
     """Copy rank 0's parameters and buffers (masks included) to every rank, in place.
 
-    With ``buffers_only`` just the non-mask buffers (BatchNorm statistics) go, as DDP does
-    before each forward pass.
+    With ``buffers_only`` just the non-mask buffers (BatchNorm statistics) go (before an
+    evaluation).
     """
     if not env.enabled:
         return

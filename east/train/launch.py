@@ -18,9 +18,9 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from east.pipeline import EXIT_PREEMPTED
 from east.train.devices import rank_share
 
-EXIT_PREEMPTED = 75  # as east.train.loop and east.pipeline
 # Forwarded to the ranks: torchrun's defaults plus SLURM's pre-emption warning signal.
 FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from east.config import CellConfig
 from east.errors import EastError
+from east.pipeline import EXIT_PREEMPTED
 from east.rundir import SUMMARY_FILE
 from east.train import checkpoint as ckpt
 from east.train import distributed as D
@@ -37,7 +38,6 @@ from east.train.signals import StopSignals
 from east.train.step import evaluate_loader, train_step
 
 EXIT_DONE = 0
-EXIT_PREEMPTED = 75
 
 
 @dataclass

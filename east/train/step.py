@@ -89,7 +89,8 @@ def train_step(ctx: StepContext, xs: Tensor, ys: Tensor, step: int,
     reducer = ctx.reducer
     if reducer is not None and not every_shard_nonempty(global_batch, ctx.env.world_size):
         reducer = None
-    D.broadcast_module(model, ctx.env, buffers_only=True)
+    # No per-step broadcast of BatchNorm buffers (DDP's): global BatchNorm (global_bn)
+    # updates the running statistics from the same gathered numbers on every rank.
     for p in ctx.params:
         p.grad = None
     count = int(ys.shape[0])
@@ -142,6 +143,8 @@ def evaluate_loader(
     env = env or D.DistEnv()
     was_training = model.training
     model.eval()
+    # Rank 0's running statistics for every rank's shard (they are equal by construction;
+    # once per evaluation this makes it a guarantee).
     D.broadcast_module(model, env, buffers_only=True)
     loss = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
