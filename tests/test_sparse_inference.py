@@ -70,8 +70,10 @@ def test_sparse_model_matches_the_dense_model_per_layer_and_whole(arch, stem, sh
         sparse.kernel = kernel
         trace: dict[str, torch.Tensor] = {}
         torch.testing.assert_close(sparse(x, trace=trace), want, rtol=1e-4, atol=1e-5)
+        whole = sparse(x)  # without a trace: `fused` also adds the shortcut and the ReLU
+        torch.testing.assert_close(whole, want, rtol=1e-4, atol=1e-5)
         if kernel != "compact_dense":  # batches larger than `chunk` run in slices
-            whole, sparse.chunk = sparse(x), 2
+            sparse.chunk = 2
             torch.testing.assert_close(sparse(x), whole, rtol=1e-6, atol=1e-7)
             sparse.chunk = 16
         for conv in sparse.convs():  # per layer: the computed channels of each BN output
@@ -89,6 +91,69 @@ def test_sparse_model_matches_the_dense_model_per_layer_and_whole(arch, stem, sh
     assert sparse.meta["flops"]["dense"] == analysis.flops_dense
     assert sparse.flops == (sum(2 * c.nnz * c.out_size ** 2 for c in sparse.convs())
                             + 2 * sparse.fc.nnz)
+
+
+FUSED_CASES = [  # in channels, out channels, size, kernel, stride, padding, batch
+    (5, 7, 9, 3, 1, 1, 3),
+    (5, 7, 9, 3, 2, 1, 2),  # stride 2, odd size: the last window row is clipped
+    (4, 6, 8, 1, 2, 0, 3),  # 1x1 downsample
+    (3, 4, 11, 7, 2, 3, 2),  # ImageNet stem
+    (3, 4, 6, 3, 1, 0, 1),  # no padding: every window inside
+]
+
+
+@pytest.mark.parametrize(("cin", "cout", "size", "k", "stride", "pad", "batch"), FUSED_CASES)
+def test_fused_kernel_equals_conv2d_with_bias_shortcut_and_relu(cin, cout, size, k, stride,
+                                                                pad, batch) -> None:
+    """The fused kernel against F.conv2d computed independently: sparse weights (one output
+    channel without any), per-channel and per-position biases, a shortcut added through a
+    row map, ReLU on and off."""
+    from east.deploy.fused import sparse_conv_chwn
+
+    g = torch.Generator().manual_seed(cin * 100 + k * 10 + stride)
+    w = torch.randn(cout, cin, k, k, generator=g) * (torch.rand(cout, cin, k, k, generator=g)
+                                                     < 0.3)
+    w[1] = 0.0
+    x = torch.randn(batch, cin, size, size, generator=g)
+    conv = torch.nn.functional.conv2d(x, w, stride=stride, padding=pad)
+    ho = conv.shape[-1]
+    rows_nz = [torch.nonzero(w[o].flatten()).flatten() for o in range(cout)]
+    indptr = np.cumsum([0] + [len(r) for r in rows_nz]).astype(np.int64)
+    flat = torch.cat(rows_nz)
+    channel, tap = flat // (k * k), flat % (k * k)
+    values = torch.cat([w[o].flatten()[r] for o, r in enumerate(rows_nz)])
+    residual = torch.randn(cout + 2, ho, ho, batch, generator=g)  # (R, H, W, B)
+    row_map = torch.randperm(cout + 2, generator=g)[:cout]
+    for bias in (torch.randn(cout, 1, generator=g), torch.randn(cout, ho * ho, generator=g)):
+        for relu, shortcut in ((False, False), (True, True)):
+            want = conv + bias.view(1, cout, *(1, 1) if bias.shape[1] == 1 else (ho, ho))
+            if shortcut:
+                want = want + residual[row_map].permute(3, 0, 1, 2)
+            want = want.relu() if relu else want
+            out = np.full((cout, ho, ho, batch), np.nan, np.float32)  # every value written
+            sparse_conv_chwn(x.permute(1, 2, 3, 0).contiguous().numpy(), indptr,
+                             channel.numpy(), (tap // k).numpy(), (tap % k).numpy(),
+                             values.numpy(), stride, pad, bias.numpy(),
+                             residual.numpy() if shortcut else np.zeros((0, 1, 1, 1), np.float32),
+                             row_map.numpy() if shortcut else np.zeros(0, np.int64), relu, out)
+            torch.testing.assert_close(torch.from_numpy(out).permute(3, 0, 1, 2), want,
+                                       rtol=1e-5, atol=1e-5)
+
+
+def test_sliced_batches_on_several_threads_equal_one_thread_bit_for_bit() -> None:
+    model = _model("resnet20", "cifar", 2, 0.05, seed=5)
+    sparse = compile_sparse(model, image_size=8, mean=MEAN, std=STD)
+    sparse.chunk = 2
+    x = torch.randn(7, 3, 8, 8, generator=torch.Generator().manual_seed(6))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = sparse(x)
+        torch.set_num_threads(3)  # four slices on three threads
+        assert torch.equal(sparse(x), serial)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads  # the slices' one-thread setting is undone
 
 
 def test_computed_channels_are_those_of_flops_analyze() -> None:

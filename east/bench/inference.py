@@ -7,8 +7,8 @@ random (seeded) — BatchNorm statistics and affine parameters drawn at random (
 shifts carry constants through dead channels, as in a trained net), and is compiled by
 ``east.deploy.sparse.compile_sparse`` exactly as ``east export --format sparse`` does. The
 dense arm is the torchvision ResNet holding the materialised weights (resnet20, which has
-none, uses the dense east model). Both arms run on the CPU with one thread (the sparse
-kernels are single-threaded), alternately (ABBA), at batch 1 and 64, on one random batch.
+none, uses the dense east model). Both arms run on the CPU with one thread (a per-core
+comparison), alternately (ABBA), at batch 1 and 64, on one random batch.
 
 Beside each speed-up: the FLOPs ratio (dense FLOPs / the sparse model's stored FLOPs, the
 spec's 2·nnz·H·W per conv), its physical limit, and how much of it was reached. The
@@ -18,6 +18,7 @@ level, batch 64 (``sparse_kernel/<arch>/<kernel>``).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -148,10 +149,36 @@ def sparse_inference_cases(plan: InferencePlan,
                               f"{sparse.nnz:,} stored"))
                 if method == "rigl" and level == plan.levels[0]:
                     results += _kernel_cases(sparse, plan, level)
+                    results += _all_threads_case(sparse, dense, plan, level, baseline)
                 del model, dense, sparse
     finally:
         torch.set_num_threads(threads)
     return results
+
+
+def _all_threads_case(sparse: Any, dense: nn.Module, plan: InferencePlan, level: float,
+                      baseline: str) -> list[CaseResult]:
+    """The same speed-up with every core in use (the dense model parallelises each conv,
+    the sparse one runs batch slices side by side), at the largest batch; report only."""
+    from east.deploy.measure import measure_speedup
+
+    cores = os.cpu_count() or 1
+    if cores < 2:
+        return []
+    batch = max(plan.batches)
+    m = measure_speedup(sparse, dense, batch_sizes=(batch,), repeats=plan.repeats,
+                        threads=cores)["batches"][str(batch)]
+    s = spread(m["speedup_per_repeat"])
+    return [CaseResult(
+        f"sparse_inference/{plan.arch}/rigl-{100 * level:g}%/b{batch}-threads{cores}",
+        "sparse_inference",
+        f"Sparse inference, {plan.arch} rigl {100 * level:g} %, batch {batch}, {cores} threads",
+        f"images/s of the sparse export / images/s of the dense {baseline}, CPU, {cores} "
+        f"threads (all cores), batch {batch}", "x", s.median, s, None,
+        {"arch": plan.arch, "method": "rigl", "sparsity": level, "batch_size": batch,
+         "baseline": baseline, "variant": f"sparse ({sparse.kernel})", "threads": cores,
+         "baseline_s": m["dense_s"], "variant_s": m["sparse_s"],
+         "speedup_per_repeat": m["speedup_per_repeat"]})]
 
 
 def _kernel_cases(sparse: Any, plan: InferencePlan, level: float) -> list[CaseResult]:

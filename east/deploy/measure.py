@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from east.bench.timing import Arm, interleave, spread
-from east.deploy.sparse import SparseResNet
+from east.deploy.sparse import SparseResNet, torch_threads
 
 BATCH_SIZES = (1, 64)
 REPEATS = 5
@@ -51,17 +51,13 @@ def measure_speedup(sparse: SparseResNet, dense: nn.Module, *,
 
     ``inner``: forward passes per timed unit, per batch size (default: 10 batch-1 passes, so
     that a unit lasts milliseconds). ``threads``: torch's CPU threads while timing (None:
-    as set); one by default, per core, since the sparse kernels use one core. Returns a
+    as set); one by default: a per-core comparison (the sparse model runs batch slices on
+    torch's threads, the dense one parallelises each convolution). Returns a
     JSON-able dict: per batch size the seconds of each arm and the per-repeat speed-ups with
     their spread; the thread count.
     """
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(torch.get_num_threads() if threads is None else threads):
         return _measure(sparse, dense.eval(), batch_sizes, repeats, inner or {}, warmup, seed)
-    finally:
-        torch.set_num_threads(before)
 
 
 def _measure(sparse: SparseResNet, dense: nn.Module, batch_sizes: Sequence[int],

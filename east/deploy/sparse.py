@@ -25,19 +25,20 @@ proportional to the non-zero weights:
 
 Running (``SparseResNet.__call__``; activations are kept channel-major with the batch
 innermost, (C, H, W, B), so a channel's shifted window is a few long contiguous runs; batches
-run in slices of ``chunk`` = 16 images, which measured fastest): per conv, one
-``index_select`` per kernel tap gathers the needed shifted input rows into a (rows, H*W*B)
-matrix (stride-2 convs first split the padded input into its 2x2 phases, so every gather
-reads unit-stride rows), then one sparse-times-dense product gives the output rows; bias,
-ReLU and the residual add run in place. Work per conv: rows*H*W*B copied, nnz*H*W*B
-multiply-adds. One thread: scipy's product is single-threaded.
+run in slices of ``chunk`` = 16 images, which measured fastest, side by side on torch's
+threads with the default kernel). The default kernel, ``fused`` (``east.deploy.fused``,
+compiled by numba), computes each output channel in one pass: its bias, then per non-zero
+``weight * clipped input window`` added straight from the input (no padded copy, no
+gathered matrix), then the shortcut and the ReLU. Work per conv: nnz*H*W*B multiply-adds
+and one write of the output.
 
-Kernels (``kernel=``; docs/benchmarks.md, ``sparse_inference``, gives the measurements):
-``scipy`` (default: gather + ``scipy.sparse`` CSR x dense, the fastest measured on the CPU),
-``torch_csr`` (the same gather + ``torch.sparse.mm`` on a CSR tensor), ``index_add`` (per
-kernel tap: gather the input rows, scale them by their weights, ``index_add_`` into the
+Kernels (``kernel=``; docs/benchmarks.md, ``sparse_inference``, gives the measurements; all
+compute the same function, only the speed differs): ``fused`` (default), ``scipy`` (per
+kernel tap, ``index_select`` gathers the shifted input rows into a (rows, H*W*B) matrix —
+stride-2 convs first split the padded input into its 2x2 phases — then a ``scipy.sparse``
+CSR x dense product), ``torch_csr`` (the same gather + ``torch.sparse.mm``), ``index_add``
+(per tap: gather the input rows, scale them by their weights, ``index_add_`` into the
 output rows), ``compact_dense`` (dense ``conv2d`` of the channel-compacted network, NCHW).
-All four compute the same function; only the speed differs.
 
 File format (``save_sparse`` / ``load_sparse``): one ``torch.save`` of plain containers,
 tensors, ints, floats and strings, ``{"format": "east-sparse/1", "meta": {...}, "stem":
@@ -53,7 +54,9 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,7 +82,7 @@ __all__ = [
 ]
 
 FORMAT = "east-sparse/1"
-KERNELS = ("scipy", "torch_csr", "index_add", "compact_dense")
+KERNELS = ("fused", "scipy", "torch_csr", "index_add", "compact_dense")
 # Logits of the sparse model vs the dense masked model: fp32 rounding of reordered sums.
 CHECK_RTOL = 1e-4
 CHECK_ATOL = 1e-4
@@ -96,6 +99,17 @@ def _filled(bias: Tensor, shape: tuple[int, ...]) -> Tensor:
     caller adds into it in place; ``expand(...).contiguous()`` returns the bias unchanged
     when no dimension is expanded)."""
     return torch.empty(shape, dtype=bias.dtype).copy_(bias.expand(shape))
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` for the block (the slices are the parallelism)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _index(t: Tensor) -> Tensor:
@@ -261,6 +275,43 @@ class SparseConv:
                                 out_row[sel].contiguous(), values[sel].view(-1, 1, 1, 1)))
             self._cache["taps"] = entries
         return self._cache["taps"]
+
+    def fused_operands(self) -> tuple[np.ndarray, ...]:
+        """(indptr, input channel, tap row, tap column, value) per non-zero and the bias as
+        (O, 1) or (O, H_out * W_out): the ``fused`` kernel's operands, as numpy arrays."""
+        if "fused" not in self._cache:
+            taps = self.row_tap[self.indices]
+            bias = self.bias.reshape(len(self.out_index), -1)
+            self._cache["fused"] = (
+                self.indptr.numpy().astype(np.int64),
+                self.row_channel[self.indices].numpy().astype(np.int64),
+                (taps // self.kernel).numpy().astype(np.int64),
+                (taps % self.kernel).numpy().astype(np.int64),
+                self.values.numpy().astype(np.float32),
+                np.ascontiguousarray(bias.numpy(), dtype=np.float32))
+        return self._cache["fused"]
+
+    def forward_fused(self, x: Tensor, relu: bool, residual: Tensor | None = None,
+                      residual_row: Tensor | None = None) -> Tensor:
+        """The ``fused`` kernel: x (len(in_index), H, W, B) contiguous -> act(conv(x) + bias
+        + residual[residual_row]), (len(out_index), H_out, W_out, B). ``residual_row[o]``:
+        the residual row added to output o (default: row o)."""
+        from east.deploy.fused import sparse_conv_chwn
+
+        b, o, ho = x.shape[-1], len(self.out_index), self.out_size
+        out = torch.empty((o, ho, ho, b), dtype=torch.float32)
+        if o == 0:
+            return out
+        indptr, channel, tap_h, tap_w, values, bias = self.fused_operands()
+        if residual is None:
+            res, rows = np.zeros((0, 1, 1, 1), np.float32), np.zeros(0, np.int64)
+        else:
+            res = residual.numpy()
+            rows = (np.arange(o, dtype=np.int64) if residual_row is None
+                    else residual_row.numpy().astype(np.int64))
+        sparse_conv_chwn(x.numpy(), indptr, channel, tap_h, tap_w, values, self.stride,
+                         self.padding, bias, res, rows, relu, out.numpy())
+        return out
 
     def dense_weight(self) -> Tensor:
         """(O, I, k, k): the compacted dense weight (zeros included)."""
@@ -447,7 +498,7 @@ class SparseResNet:
     """
 
     def __init__(self, stem: SparseConv, maxpool: bool, blocks: Sequence[SparseBlock],
-                 fc: SparseLinear, meta: dict[str, Any], kernel: str = "scipy") -> None:
+                 fc: SparseLinear, meta: dict[str, Any], kernel: str = "fused") -> None:
         self.stem, self.maxpool, self.blocks, self.fc = stem, maxpool, list(blocks), fc
         self.meta = dict(meta)
         self.kernel = kernel
@@ -517,32 +568,51 @@ class SparseResNet:
             if trace is not None or x.shape[0] <= self.chunk:
                 return self._forward_chwn(x.permute(1, 2, 3, 0).contiguous(), trace)
             # Batch slices small enough for each layer's working set to stay in cache.
-            return torch.cat([self._forward_chwn(part.permute(1, 2, 3, 0).contiguous(), None)
-                              for part in x.split(self.chunk)])
+            parts = x.split(self.chunk)
+
+            def run(part: Tensor) -> Tensor:
+                return self._forward_chwn(part.permute(1, 2, 3, 0).contiguous(), None)
+
+            workers = min(len(parts), torch.get_num_threads())
+            if self.kernel != "fused" or workers < 2:
+                return torch.cat([run(part) for part in parts])
+            # The fused kernel releases the GIL: slices run side by side on torch's threads.
+            for layer in self.convs():
+                layer.fused_operands()  # built once, before the threads share the cache
+            with ThreadPoolExecutor(workers) as pool, torch_threads(1):
+                return torch.cat(list(pool.map(run, parts)))
 
     def _forward_chwn(self, x: Tensor, trace: dict[str, Tensor] | None) -> Tensor:
         """Channel-major pass; x (C, S, S, B). (Writing each activation straight into a
         zero-ringed buffer instead of padding it in the next conv measured no faster.)"""
         kernel = self.kernel
+        fused = kernel == "fused" and trace is None
 
-        def conv(layer: SparseConv, inp: Tensor) -> Tensor:
-            out = layer.forward_chwn(inp, kernel)
+        def conv(layer: SparseConv, inp: Tensor, relu: bool = False,
+                 residual: Tensor | None = None, rows: Tensor | None = None) -> Tensor:
+            if fused:
+                return layer.forward_fused(inp, relu, residual, rows)
+            out = (layer.forward_fused(inp, False) if kernel == "fused"
+                   else layer.forward_chwn(inp, kernel))
             if trace is not None:
                 trace[layer.name] = out.permute(3, 0, 1, 2).clone()
-            return out
+            if residual is not None:
+                out.add_(residual if rows is None else residual.index_select(0, rows))
+            return torch.relu_(out) if relu else out
 
-        x = torch.relu_(conv(self.stem, x))
+        x = conv(self.stem, x, relu=True)
         if self.maxpool:
             pooled = F.max_pool2d(x.permute(0, 3, 1, 2), kernel_size=3, stride=2, padding=1)
             x = pooled.permute(0, 2, 3, 1).contiguous()
         for block in self.blocks:
-            shortcut = (conv(block.downsample, x) if block.downsample is not None
-                        else x if block.identity_index is None
-                        else x.index_select(0, block.identity_index))
+            if block.downsample is not None:
+                shortcut, rows = conv(block.downsample, x), None
+            else:
+                shortcut, rows = x, block.identity_index
             out = x
             for layer in block.convs[:-1]:
-                out = torch.relu_(conv(layer, out))
-            x = torch.relu_(conv(block.convs[-1], out).add_(shortcut))
+                out = conv(layer, out, relu=True)
+            x = conv(block.convs[-1], out, relu=True, residual=shortcut, rows=rows)
         features = x.mean(dim=(1, 2)).t()  # (B, C)
         return self.fc(features)
 
@@ -575,7 +645,7 @@ class SparseResNet:
                 "fc": self.fc.to_dict()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], kernel: str = "scipy") -> SparseResNet:
+    def from_dict(cls, d: dict[str, Any], kernel: str = "fused") -> SparseResNet:
         return cls(SparseConv.from_dict(d["stem"]), bool(d["maxpool"]),
                    [SparseBlock.from_dict(b) for b in d["blocks"]],
                    SparseLinear.from_dict(d["fc"]), d["meta"], kernel)
@@ -589,7 +659,7 @@ def save_sparse(model: SparseResNet, path: str | os.PathLike[str]) -> Path:
     return atomic_write(path, lambda handle: torch.save(blob, handle))
 
 
-def load_sparse(path: str | os.PathLike[str], kernel: str = "scipy") -> SparseResNet:
+def load_sparse(path: str | os.PathLike[str], kernel: str = "fused") -> SparseResNet:
     """Read a ``.east`` file (``weights_only=True``: no code runs); every problem is one
     ``EastError`` line naming the file."""
     from east.io import torch_load
