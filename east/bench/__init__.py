@@ -29,22 +29,16 @@ def run_bench(*, quick: bool = False, device: str = "cpu", out: str | Path = "re
               command: str | None = None,
               log: Callable[[str], None] = _progress) -> dict[str, Any]:
     """Run every case, write the reports, return the JSON document."""
-    import torch
-
     from east.bench import cases as C
     from east.bench.planning import find_repo_root
     from east.bench.workload import resolve_bench_device
+    from east.train.devices import torch_threads
 
     dev = resolve_bench_device(device)  # EastError first, before any work
     plan = C.Plan.make(quick=quick, device=device)
     root = find_repo_root()
-    threads = torch.get_num_threads()
-    if plan.threads is not None:
-        torch.set_num_threads(plan.threads)
-    try:
+    with torch_threads(plan.threads):
         return _run(plan, dev, device, root, out, command, log)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run(plan: Any, dev: Any, device: str, root: Path | None, out: str | Path,

@@ -36,6 +36,7 @@ from east.bench.timing import Arm, Paired, rotate
 from east.bench.workload import DATASET, DeviceSetup, StepSetup, build_step_setup
 from east.data.registry import dataset_info
 from east.models import DyReLUB, build_model
+from east.train.devices import torch_threads
 
 DYRELU_STEP_TARGET = Target("<=", 1.3)  # issue 17: the DyReLU phase close to ReLU's cost
 DYRELU_MEMORY_TARGET = Target("<=", 1.2)
@@ -62,11 +63,9 @@ def dyrelu_step_cases(plan: Plan, dev: DeviceSetup) -> list[CaseResult]:
     arms built once; torch's thread count is put back afterwards)."""
     arch = plan.dyrelu_arch
     relu, dyrelu = _setups(plan, dev)
-    before = torch.get_num_threads()
     results = []
-    try:
-        for threads in plan.dyrelu_threads or (before,):
-            torch.set_num_threads(threads)
+    for threads in plan.dyrelu_threads or (torch.get_num_threads(),):
+        with torch_threads(threads):
             suffix = f"/{threads}t" if plan.dyrelu_threads else ""
             result = _ratio_case(
                 f"dyrelu_step/{arch}{suffix}", "dyrelu_step",
@@ -77,8 +76,6 @@ def dyrelu_step_cases(plan: Plan, dev: DeviceSetup) -> list[CaseResult]:
             )
             result.details["threads"] = threads
             results.append(result)
-    finally:
-        torch.set_num_threads(before)
     del relu, dyrelu
     _collect()
     return results
@@ -153,11 +150,9 @@ def against_cases(plan: Plan, dev: DeviceSetup, path: Path) -> list[CaseResult]:
     other.label = f"DyReLU-B step, {path.name}"
     _use_function(other.model, _load_function(path))
     reps = plan.reps(arch)
-    before = torch.get_num_threads()
     results = []
-    try:
-        for threads in plan.dyrelu_threads or (before,):
-            torch.set_num_threads(threads)
+    for threads in plan.dyrelu_threads or (torch.get_num_threads(),):
+        with torch_threads(threads):
             seconds = rotate([Arm(s.label, s.run) for s in (relu, now, other)],
                              repeats=reps.repeats, inner=reps.inner, warmup=reps.warmup,
                              sync=dev.sync)
@@ -173,8 +168,6 @@ def against_cases(plan: Plan, dev: DeviceSetup, path: Path) -> list[CaseResult]:
                     {**paired.as_dict(), "arch": arch, "batch_size": plan.batch_size,
                      "threads": threads, "baseline": relu.label, "variant": variant.label,
                      "repeats": reps.repeats}))
-    finally:
-        torch.set_num_threads(before)
     return results
 
 

@@ -94,11 +94,10 @@ def sparse_inference_cases(plan: InferencePlan,
     from east.deploy.measure import dense_twin, measure_speedup
     from east.deploy.sparse import compile_sparse
     from east.models.export import nonzero_counts
+    from east.train.devices import torch_threads
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # measure_speedup times at one thread; build at one too
     results: list[CaseResult] = []
-    try:
+    with torch_threads(1):  # measure_speedup times at one thread; build at one too
         for method in METHODS:
             for level in plan.levels:
                 log(f"sparse inference: {plan.arch} {method} {level:.4%}")
@@ -151,8 +150,6 @@ def sparse_inference_cases(plan: InferencePlan,
                     results += _kernel_cases(sparse, plan, level)
                     results += _all_threads_case(sparse, dense, plan, level, baseline)
                 del model, dense, sparse
-    finally:
-        torch.set_num_threads(threads)
     return results
 
 

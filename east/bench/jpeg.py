@@ -53,6 +53,7 @@ from east.bench.timing import Arm, rotate, spread
 from east.data.imagenet import RESIZE_SIZE, SeededImages
 from east.data.registry import dataset_info
 from east.data.transforms import random_resized_crop_box
+from east.train.devices import torch_threads
 
 IMAGE_SIZE = dataset_info("imagenet").image_size  # 224: the training crop
 DEFAULT_SIZE = (500, 375)  # the most common ImageNet training image size
@@ -374,28 +375,24 @@ def main(argv: list[str] | None = None) -> int:
     want_cuda = args.device == "cuda" or (args.device is None and torch.cuda.is_available())
     cuda = want_cuda and torch.cuda.is_available()
     machine = machine_info("cuda" if cuda else "cpu", find_repo_root())
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # what a DataLoader worker runs with
     began = time.perf_counter()
-    try:
-        with tempfile.TemporaryDirectory(prefix="east-jpeg-") as folder:
-            paths = write_jpegs(folder, args.images, args.size, args.quality, args.seed)
-            seeds = augment_seeds(len(paths), args.seed)
-            files = file_stats(paths)
-            width, height = args.size
-            print(f"{len(paths)} JPEGs {width}x{height}, quality {args.quality}: mean "
-                  f"{files['mean_bytes'] / 1000:.1f} KB ({files['min_bytes'] / 1000:.1f}-"
-                  f"{files['max_bytes'] / 1000:.1f} KB); 1 torch thread, {args.repeats} "
-                  f"repeat{'s' if args.repeats > 1 else ''}", flush=True)
-            pixels = {"PIL vs decode_jpeg (decoded)": decoder_difference(paths),
-                      "pil_train vs decode_jpeg_train (224 crops)":
-                          train_difference(paths, seeds)}
-            if cuda:
-                pixels["PIL vs decode_jpeg on CUDA (decoded)"] = cuda_decoder_difference(paths)
-            result = measure(paths, seeds, repeats=args.repeats, cuda=cuda,
-                             batch=args.batch)
-    finally:
-        torch.set_num_threads(before)
+    # One torch thread: what a DataLoader worker runs with.
+    with torch_threads(1), tempfile.TemporaryDirectory(prefix="east-jpeg-") as folder:
+        paths = write_jpegs(folder, args.images, args.size, args.quality, args.seed)
+        seeds = augment_seeds(len(paths), args.seed)
+        files = file_stats(paths)
+        width, height = args.size
+        print(f"{len(paths)} JPEGs {width}x{height}, quality {args.quality}: mean "
+              f"{files['mean_bytes'] / 1000:.1f} KB ({files['min_bytes'] / 1000:.1f}-"
+              f"{files['max_bytes'] / 1000:.1f} KB); 1 torch thread, {args.repeats} "
+              f"repeat{'s' if args.repeats > 1 else ''}", flush=True)
+        pixels = {"PIL vs decode_jpeg (decoded)": decoder_difference(paths),
+                  "pil_train vs decode_jpeg_train (224 crops)":
+                      train_difference(paths, seeds)}
+        if cuda:
+            pixels["PIL vs decode_jpeg on CUDA (decoded)"] = cuda_decoder_difference(paths)
+        result = measure(paths, seeds, repeats=args.repeats, cuda=cuda,
+                         batch=args.batch)
     if cuda:
         result["cuda"] = {"device": torch.cuda.get_device_name(), "batch": args.batch}
     else:

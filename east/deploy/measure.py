@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from east.bench.timing import Arm, interleave, spread
-from east.deploy.sparse import SparseResNet, torch_threads
+from east.deploy.sparse import SparseResNet
+from east.train.devices import torch_threads
 
 BATCH_SIZES = (1, 64)
 REPEATS = 5
@@ -56,7 +57,7 @@ def measure_speedup(sparse: SparseResNet, dense: nn.Module, *,
     JSON-able dict: per batch size the seconds of each arm and the per-repeat speed-ups with
     their spread; the thread count.
     """
-    with torch_threads(torch.get_num_threads() if threads is None else threads):
+    with torch_threads(threads):
         return _measure(sparse, dense.eval(), batch_sizes, repeats, inner or {}, warmup, seed)
 
 

@@ -54,9 +54,8 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +67,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from east.errors import EastError
+from east.train.devices import torch_threads
 
 __all__ = [
     "FORMAT",
@@ -99,17 +99,6 @@ def _filled(bias: Tensor, shape: tuple[int, ...]) -> Tensor:
     caller adds into it in place; ``expand(...).contiguous()`` returns the bias unchanged
     when no dimension is expanded)."""
     return torch.empty(shape, dtype=bias.dtype).copy_(bias.expand(shape))
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """torch's intra-op threads set to ``n`` for the block (the slices are the parallelism)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _index(t: Tensor) -> Tensor:

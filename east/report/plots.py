@@ -84,8 +84,10 @@ def _grid(n: int, width: float = 4.2, height: float = 3.2) -> tuple[Figure, list
 
 
 def _compression_axis(ax: Axes, sparsities: list[float]) -> None:
-    ax.set_xscale("log")
     ticks = compression(np.array(sparsities))
+    if len(set(ticks.tolist())) == 1:  # one level: a zero-width log axis would be singular
+        ax.set_xlim(ticks[0] / 2, ticks[0] * 2)
+    ax.set_xscale("log")
     ax.set_xticks(ticks)
     ax.set_xticklabels(
         [f"{sparsity_label(s)}\n{c:,.0f}×" for s, c in zip(sparsities, ticks, strict=True)],

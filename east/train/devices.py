@@ -82,24 +82,34 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
 
 
 @contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op CPU threads set to ``threads`` (None: left as they are) for the
+    block, and put back after it."""
+    before = torch.get_num_threads()
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
 def loop_settings(device: torch.device, threads: int | None = None) -> Iterator[None]:
     """The global torch settings of a training run, restored on exit: ``threads`` CPU
     threads (None: leave torch's count); deterministic algorithms (warn only) on the CPU,
     where they are cheap and make resumed runs bit-identical; cuDNN autotuning on CUDA."""
     deterministic = torch.are_deterministic_algorithms_enabled()
     benchmark = torch.backends.cudnn.benchmark
-    previous_threads = torch.get_num_threads()
     try:
-        if threads is not None:
-            torch.set_num_threads(threads)
         if device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
         else:
             torch.cuda.set_device(device)
             torch.backends.cudnn.benchmark = True
-        yield
+        with torch_threads(threads):
+            yield
     finally:
         torch.use_deterministic_algorithms(deterministic)
         torch.backends.cudnn.benchmark = benchmark
-        torch.set_num_threads(previous_threads)
 
