@@ -18,7 +18,6 @@ level, batch 64 (``sparse_kernel/<arch>/<kernel>``).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -157,9 +156,10 @@ def _all_threads_case(sparse: Any, dense: nn.Module, plan: InferencePlan, level:
                       baseline: str) -> list[CaseResult]:
     """The same speed-up with every core in use (the dense model parallelises each conv,
     the sparse one runs batch slices side by side), at the largest batch; report only."""
+    from east.bench.cases import usable_cores
     from east.deploy.measure import measure_speedup
 
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     if cores < 2:
         return []
     batch = max(plan.batches)
