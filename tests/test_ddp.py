@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import torch
 import torch.multiprocessing as mp
-from train_helpers import ddp_worker, free_port, make_cell
+from train_helpers import ddp_worker, make_cell
+
+from east.train.distributed import free_port
 
 
 def _two_ranks(cell, tmp_path, steps):

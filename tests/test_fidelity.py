@@ -13,7 +13,7 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
-from train_helpers import free_port, load_meta, load_weights, make_cell
+from train_helpers import load_meta, load_weights, make_cell
 
 from east.config import CellConfig, ModelConfig, TrainConfig, build_section
 from east.data.positioned import shard_range
@@ -133,7 +133,7 @@ def _clip_rank(rank: int, world: int, port: int, scope: str, clip: float, out: s
 def test_two_gloo_ranks_clip_by_the_same_factor_as_one_process(tmp_path, scope: str) -> None:
     clip = 0.05
     single = one_step(scope, clip)
-    mp.spawn(_clip_rank, args=(2, free_port(), scope, clip, str(tmp_path)), nprocs=2,
+    mp.spawn(_clip_rank, args=(2, D.free_port(), scope, clip, str(tmp_path)), nprocs=2,
              join=True)
     for rank in (0, 1):
         delta = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)

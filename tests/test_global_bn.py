@@ -10,9 +10,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
-from train_helpers import free_port
 
 from east.data.positioned import shard_range
+from east.train.distributed import free_port
 
 CHANNELS = 5
 # (batch, world): shards 3/2/2, and 1/1/0 (one rank empty).

@@ -16,10 +16,10 @@ import torch
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import Tensor, nn
-from train_helpers import free_port
 
 from east.data.positioned import shard_range
 from east.train import distributed as D
+from east.train.distributed import free_port
 from east.train.grad_reducer import GradReducer, every_shard_nonempty
 from east.train.step import StepContext, train_step
 

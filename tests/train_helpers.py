@@ -116,14 +116,6 @@ def assert_same_run(a: Path, b: Path) -> None:
             assert torch.equal(wa[key], wb[key]), f"{name}: {key} differs"
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def ddp_worker(rank: int, world: int, port: int, cell_json: str, out: str, dump: str,
                max_steps: int) -> None:
     """One rank of a CPU/gloo data-parallel run (torch.multiprocessing.spawn target):

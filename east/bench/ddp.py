@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import json
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -43,12 +42,6 @@ SPARSE = {
     "rigl": {"method": "rigl", "sparsity": 0.999},
     "east": {"method": "east", "sparsity": 0.999},
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _slowest(values: list[float]) -> list[float]:
@@ -188,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--batch must be a positive multiple of {WORLD}")
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "ddp.json")
-        mp.spawn(_rank, args=(_free_port(), args, out), nprocs=WORLD, join=True)
+        mp.spawn(_rank, args=(D.free_port(), args, out), nprocs=WORLD, join=True)
         result = json.loads(Path(out).read_text(encoding="utf-8"))
     print(report(result))
     if args.json is not None:

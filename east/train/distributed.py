@@ -20,6 +20,7 @@ gloo on CPU.
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -30,6 +31,13 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from east.errors import EastError
 
+
+def free_port() -> int:
+    """A free TCP port on localhost: MASTER_PORT for ranks started by hand (mp.spawn in
+    the DDP benchmark and tests); ``east train --ranks`` needs none (c10d picks one)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 @dataclass(frozen=True)
 class DistEnv:

@@ -107,14 +107,12 @@ def train_step(ctx: StepContext, xs: Tensor, ys: Tensor, step: int,
                                label_smoothing=ctx.label_smoothing)
     if reducer is None:
         (loss_sum / global_batch).backward()
+        D.all_reduce_gradients(ctx.params, ctx.env)  # nothing to do in one process
     else:
         reducer.backward(loss_sum / global_batch)
+        reducer.finish()
     correct = (logits.detach().argmax(dim=1) == ys).sum()
     loss_sum = loss_sum.detach().double()
-    if reducer is None:
-        D.all_reduce_gradients(ctx.params, ctx.env)
-    else:
-        reducer.finish()
     if ctx.grad_clip is not None and ctx.grad_clip_scope == "dense":
         clip_gradients(ctx.params, ctx.grad_clip)
     ctx.sparsifier.after_backward(step)
